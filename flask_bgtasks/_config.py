@@ -1,0 +1,144 @@
+"""The ``BGTASKS_*`` settings: defaults, and validation done once in ``init_app``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing as t
+
+from ._errors import ConfigError
+from ._errors import ConfigTypeError
+
+#: The pool a task uses unless it names another.
+DEFAULT_POOL = "default"
+
+_POOL_KEYS = frozenset({"max_workers", "queue_size"})
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """The validated settings of one task pool."""
+
+    max_workers: int
+    queue_size: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The validated ``BGTASKS_*`` settings of one app."""
+
+    pools: t.Mapping[str, PoolConfig]
+    result_ttl: float | None
+    max_results: int
+    eager: bool
+
+
+def default_max_workers() -> int:
+    """As :class:`concurrent.futures.ThreadPoolExecutor`: tasks are mostly I/O."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
+    """Put every key with its default into ``app.config`` where it is missing."""
+    config.setdefault("BGTASKS_MAX_WORKERS", default_max_workers())
+    config.setdefault("BGTASKS_QUEUE_SIZE", 1000)
+    config.setdefault("BGTASKS_POOLS", {})
+    config.setdefault("BGTASKS_RESULT_TTL", 3600)
+    config.setdefault("BGTASKS_MAX_RESULTS", 10_000)
+    config.setdefault("BGTASKS_EAGER", False)
+
+
+def load(config: t.MutableMapping[str, t.Any]) -> Config:
+    """Default and validate the ``BGTASKS_*`` keys of ``app.config``.
+
+    :raises ConfigTypeError: If a value has the wrong type.
+    :raises ConfigError: If a value is out of range.
+    """
+    set_defaults(config)
+    default = PoolConfig(
+        max_workers=_int("BGTASKS_MAX_WORKERS", config["BGTASKS_MAX_WORKERS"], 1),
+        queue_size=_int("BGTASKS_QUEUE_SIZE", config["BGTASKS_QUEUE_SIZE"], 0, none=True),
+    )
+    pools = {DEFAULT_POOL: default, **_pools(config["BGTASKS_POOLS"], default)}
+    return Config(
+        pools=pools,
+        result_ttl=_seconds("BGTASKS_RESULT_TTL", config["BGTASKS_RESULT_TTL"]),
+        max_results=_int("BGTASKS_MAX_RESULTS", config["BGTASKS_MAX_RESULTS"], 0),
+        eager=_bool("BGTASKS_EAGER", config["BGTASKS_EAGER"]),
+    )
+
+
+def _pools(value: object, default: PoolConfig) -> dict[str, PoolConfig]:
+    key = "BGTASKS_POOLS"
+    example = '{"reports": {"max_workers": 2, "queue_size": 50}}'
+    if not isinstance(value, t.Mapping):
+        raise ConfigTypeError(
+            f"{key} must be a dict of pool name to settings, such as {example};"
+            f" got {_show(value)}."
+        )
+    pools = {}
+    for name, settings in value.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigTypeError(f"{key} has the pool name {name!r}; names must be non-empty strings.")
+        if name == DEFAULT_POOL:
+            raise ConfigError(
+                f"{key} must not define {DEFAULT_POOL!r}: that pool is set by"
+                " BGTASKS_MAX_WORKERS and BGTASKS_QUEUE_SIZE."
+            )
+        where = f"{key}[{name!r}]"
+        if not isinstance(settings, t.Mapping):
+            raise ConfigTypeError(
+                f"{where} must be a dict with 'max_workers' and/or 'queue_size',"
+                f" such as {example}; got {_show(settings)}."
+            )
+        unknown = set(settings) - _POOL_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{where} has unknown keys {sorted(map(str, unknown))}; the"
+                " accepted keys are 'max_workers' and 'queue_size'."
+            )
+        pools[name] = PoolConfig(
+            max_workers=_int(
+                f"{where}['max_workers']", settings.get("max_workers", default.max_workers), 1
+            ),
+            queue_size=_int(
+                f"{where}['queue_size']",
+                settings.get("queue_size", default.queue_size),
+                0,
+                none=True,
+            ),
+        )
+    return pools
+
+
+def _show(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _int(key: str, value: object, minimum: int, none: bool = False) -> t.Any:
+    accepted = f"a whole number of at least {minimum}" + (", or None for no limit" if none else "")
+    if value is None and none:
+        return None
+    # bool is an int subclass, but True is never meant as a count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
+    if value < minimum:
+        raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
+    return value
+
+
+def _seconds(key: str, value: object) -> float | None:
+    accepted = "a number of seconds of at least 0, or None to keep results until BGTASKS_MAX_RESULTS evicts them"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
+    if not value >= 0:  # also rejects NaN
+        raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
+    return float(value)
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigTypeError(f"{key} must be True or False; got {_show(value)}.")
+    return value

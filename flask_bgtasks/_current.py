@@ -1,0 +1,120 @@
+"""``current_task``: what a running task may ask about itself."""
+
+from __future__ import annotations
+
+import typing as t
+from contextvars import ContextVar
+
+from ._errors import TaskCancelled
+from ._errors import UsageError
+
+if t.TYPE_CHECKING:
+    from ._result import TaskResult
+
+#: The task running in this context. Every task runs in a fresh
+#: :class:`contextvars.Context`, so setting it never needs a reset.
+running_task: ContextVar[TaskResult[t.Any]] = ContextVar("flask_bgtasks.running_task")
+
+
+def _result() -> TaskResult[t.Any]:
+    try:
+        return running_task.get()
+    except LookupError:
+        raise UsageError(
+            "'current_task' is only available inside a running background task."
+            " Use it in a function decorated with '@bg.task', not in a view or"
+            " at import time."
+        ) from None
+
+
+class _CurrentTask:
+    """The task that is running in this thread.
+
+    Import it as ``from flask_bgtasks import current_task`` and use it inside a
+    task function. Outside a task every attribute raises
+    :class:`~flask_bgtasks.UsageError` (a :class:`RuntimeError`).
+
+    .. code-block:: python
+
+        @bg.task
+        def export(rows):
+            for i, row in enumerate(rows):
+                current_task.check_cancelled()
+                write(row)
+                current_task.set_progress(i + 1, len(rows))
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    @property
+    def id(self) -> str:
+        """The id of the running task."""
+        return _result().id
+
+    @property
+    def name(self) -> str:
+        """The name of the running task."""
+        return _result().name
+
+    @property
+    def result(self) -> TaskResult[t.Any]:
+        """The :class:`~flask_bgtasks.TaskResult` of the running task."""
+        return _result()
+
+    @property
+    def cancel_requested(self) -> bool:
+        """``True`` once someone called ``cancel()`` on this running task."""
+        return _result().cancel_requested
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`~flask_bgtasks.TaskCancelled` if cancellation was
+        requested.
+
+        Let the exception propagate: the task then ends with the status
+        ``cancelled``. Call it at points where stopping is safe.
+        """
+        result = _result()
+        if result.cancel_requested:
+            raise TaskCancelled(f"Task {result.name!r} (id {result.id}) was cancelled.")
+
+    def set_progress(
+        self,
+        current: float,
+        total: float | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Record how far the task has got.
+
+        :param current: Work done so far, in any unit.
+        :param total: Total work in the same unit, if known.
+        :param message: A short text for people, such as ``"Rendering page 3"``.
+        :raises TypeError: If a value has the wrong type.
+        """
+        _check_number("current", current)
+        if total is not None:
+            _check_number("total", total)
+        if message is not None and not isinstance(message, str):
+            raise TypeError(
+                f"set_progress(message=...) must be a str or None, got"
+                f" {type(message).__name__}."
+            )
+        _result()._progress = (current, total, message)
+
+    def __repr__(self) -> str:
+        try:
+            return f"<current_task {_result()!r}>"
+        except UsageError:
+            return "<current_task (no task running)>"
+
+
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"set_progress({name}=...) must be an int or a float, got"
+            f" {type(value).__name__}."
+        )
+
+
+current_task = _CurrentTask()

@@ -1,0 +1,87 @@
+"""The exceptions Flask-BGTasks raises.
+
+Every error is a :class:`BGTasksError` and also the builtin (or Werkzeug)
+exception it is closest to, so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError
+
+from werkzeug.exceptions import ServiceUnavailable
+
+
+class BGTasksError(Exception):
+    """Base class of every error raised by Flask-BGTasks.
+
+    .. versionadded:: 0.1
+    """
+
+
+class QueueFull(BGTasksError, ServiceUnavailable):
+    """A task pool has no room for another task.
+
+    ``submit`` raises it at once instead of blocking the caller. It is also an
+    HTTP 503 error with a ``Retry-After`` header, so if a view does not handle
+    it, the client gets "503 Service Unavailable, retry later" rather than a
+    500.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(description=message, retry_after=retry_after)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ShutdownError(BGTasksError, RuntimeError):
+    """A task was submitted after the extension was shut down.
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskCancelled(BGTasksError, CancelledError):
+    """The task was cancelled.
+
+    Raised by :meth:`~flask_bgtasks.TaskResult.result` of a cancelled task,
+    and by :meth:`current_task.check_cancelled()
+    <flask_bgtasks.current_task.check_cancelled>` inside a task whose
+    cancellation was requested.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UsageError(BGTasksError, RuntimeError):
+    """The API was used where it cannot work, such as outside an app context.
+
+    .. versionadded:: 0.1
+    """
+
+
+class InvalidTaskError(BGTasksError, TypeError):
+    """A task, or an argument given to one, cannot be run in the background.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ConfigError(BGTasksError, ValueError):
+    """A ``BGTASKS_*`` configuration value is out of range.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A ``BGTASKS_*`` configuration value has the wrong type.
+
+    It is also a :class:`ConfigError`, so one ``except`` catches every bad
+    setting.
+
+    .. versionadded:: 0.1
+    """

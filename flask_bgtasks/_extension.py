@@ -1,0 +1,228 @@
+"""The ``BGTasks`` extension object: wires config, backend and store per app."""
+
+from __future__ import annotations
+
+import time
+import typing as t
+import weakref
+
+from . import _config
+from ._context import app_context
+from ._context import get_app
+from ._context import send_cancelled
+from ._current import running_task
+from ._errors import UsageError
+from ._store import MemoryStore
+from ._store import TaskStore
+from ._task import Task
+from .backends import Backend
+from .backends.eager import EagerBackend
+from .backends.threads import ThreadBackend
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from ._result import TaskResult
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+
+class _AppState:
+    """What the extension keeps for one app. It owns that app's results."""
+
+    def __init__(self, app: Flask, config: _config.Config) -> None:
+        # A weak reference: this object is the value of a WeakKeyDictionary
+        # keyed by the app, and must not keep the app alive.
+        self._app = weakref.ref(app)
+        self.config = config
+        backend_class = EagerBackend if config.eager else ThreadBackend
+        self.backend: Backend = backend_class(config.pools, app.name)
+        self.store: TaskStore = MemoryStore(config.result_ttl, config.max_results)
+
+    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+        self.store.add(task_id, result)
+
+    def callback_context(self) -> t.ContextManager[object]:
+        return app_context(self._live_app())
+
+    def cancelled(self, result: TaskResult[t.Any]) -> None:
+        send_cancelled(self._live_app(), result)
+
+    def _live_app(self) -> Flask:
+        app = self._app()
+        if app is None:  # pragma: no cover - a result outlived its app
+            raise UsageError("The app this task belongs to no longer exists.")
+        return app
+
+
+class BGTasks:
+    """Run functions in the background of a Flask app.
+
+    .. code-block:: python
+
+        bg = BGTasks(app)          # or bg = BGTasks(); bg.init_app(app)
+
+        @bg.task
+        def build_report(user_id: int) -> str: ...
+
+        result = build_report.submit(7)
+
+    One instance can serve several apps; tasks declared with it before any
+    app exists find their app through ``current_app`` when submitted.
+
+    :param app: Call :meth:`init_app` with this app.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the extension with an app: read and check its
+        ``BGTASKS_*`` config and prepare its task pools. No thread starts
+        here; each pool starts its threads on its first task.
+
+        :raises UsageError: If this app is already registered.
+        :raises ConfigError: If a setting is out of range.
+        :raises ConfigTypeError: If a setting has the wrong type.
+        """
+        if app in self._apps or "bgtasks" in app.extensions:
+            raise UsageError(
+                f"Flask-BGTasks is already registered on the app {app.name!r}."
+                " Call init_app() once per app, or use the BGTasks instance"
+                " that app.extensions['bgtasks'] holds."
+            )
+        self._apps[app] = _AppState(app, _config.load(app.config))
+        app.extensions["bgtasks"] = self
+
+    def _get_state(self, app: Flask) -> _AppState:
+        try:
+            return self._apps[app]
+        except KeyError:
+            raise UsageError(
+                f"The app {app.name!r} is not registered with this BGTasks"
+                " instance; did you call init_app()?"
+            ) from None
+
+    @t.overload
+    def task(
+        self,
+        fn: t.Callable[P, R],
+        /,
+        *,
+        name: str | None = ...,
+        pool: str = ...,
+        copy_request: bool = ...,
+        copy_g: t.Iterable[str] = ...,
+    ) -> Task[P, R]: ...
+
+    @t.overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = ...,
+        pool: str = ...,
+        copy_request: bool = ...,
+        copy_g: t.Iterable[str] = ...,
+    ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: t.Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        pool: str = _config.DEFAULT_POOL,
+        copy_request: bool = False,
+        copy_g: t.Iterable[str] = (),
+    ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
+        """Make a function a background task. Use bare or with options.
+
+        .. code-block:: python
+
+            @bg.task
+            def send_welcome(user_id: int) -> None: ...
+
+            @bg.task(pool="reports", copy_request=True)
+            def export() -> str: ...
+
+        :param name: The name in logs and results; ``module.qualname`` by
+            default.
+        :param pool: The pool it runs on, from ``BGTASKS_POOLS``.
+        :param copy_request: Run it in a read-only copy of the submitting
+            request, so ``request.args`` and external ``url_for`` work.
+        :param copy_g: Names of ``g`` attributes to copy into the task's ``g``.
+        :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
+            or an option has the wrong type.
+        """
+
+        def decorate(fn: t.Callable[P, R]) -> Task[P, R]:
+            return Task(
+                self, fn, name=name, pool=pool, copy_request=copy_request, copy_g=copy_g
+            )
+
+        if fn is None:
+            return decorate
+        return decorate(fn)
+
+    def submit(
+        self, fn: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskResult[R]:
+        """Run any callable on the default pool, without decorating it.
+
+        .. code-block:: python
+
+            result = bg.submit(send_mail, to="a@example.com")
+
+        :raises UsageError: Outside an app context.
+        :raises QueueFull: If the pool's queue is full.
+        :raises InvalidTaskError: If ``fn`` is not callable or an argument is
+            a context proxy.
+        """
+        return Task(self, fn).submit(*args, **kwargs)
+
+    def get(self, task_id: str) -> TaskResult[t.Any] | None:
+        """The result of a task submitted to the current app in this
+        process, or ``None`` if the id is unknown or the record expired.
+
+        :raises UsageError: Outside an app context.
+        """
+        if not isinstance(task_id, str):
+            raise TypeError(f"A task id is a string, got {type(task_id).__name__}.")
+        return self._get_state(get_app()).store.get(task_id)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until no task of any app of this extension is queued or
+        running. For tests and scripts.
+
+        :param timeout: The most seconds to wait.
+        :return: ``True`` once idle, ``False`` if the timeout passed first.
+        :raises UsageError: Inside a task, which would wait for itself.
+        """
+        if running_task.get(None) is not None:
+            raise UsageError(
+                "bg.join() inside a task would wait for that task itself. Wait"
+                " for the results you need with result() instead."
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for state in list(self._apps.values()):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not state.backend.join(left):
+                return False
+        return True
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """Stop every app's pools: no new tasks are accepted, and with
+        ``wait``, return once the accepted ones have finished and the worker
+        threads have exited. Safe to call more than once, from any thread.
+
+        :param cancel_pending: Cancel queued tasks instead of running them.
+        """
+        for state in list(self._apps.values()):
+            state.backend.shutdown(wait=wait, cancel_pending=cancel_pending)

@@ -1,0 +1,175 @@
+"""A bounded pool of worker threads. Knows nothing of Flask.
+
+Written after CPython's ``concurrent.futures.thread``: a lock-free
+:class:`queue.SimpleQueue` feeds daemon worker threads, started lazily; one
+lock guards the counters; a ``None`` sentinel stops the workers; they hold
+only a weak reference to their pool, so a forgotten pool does not keep its
+threads alive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+import typing as t
+import weakref
+from queue import Empty
+from queue import SimpleQueue
+
+from ._errors import QueueFull
+from ._errors import ShutdownError
+from ._process import ProcessLocal
+from ._result import TaskResult
+
+_Queue = SimpleQueue[TaskResult[t.Any] | None]
+_pool_numbers = itertools.count()
+
+
+class WorkerPool(ProcessLocal):
+    """Run :class:`TaskResult` jobs on at most ``max_workers`` threads.
+
+    :param name: Used in the worker threads' names: ``bgtasks-<name>-<n>``.
+    :param max_workers: Most threads that run tasks at once.
+    :param queue_size: Most tasks that may wait for a free worker, or
+        ``None`` for no limit.
+    """
+
+    def __init__(self, name: str, max_workers: int, queue_size: int | None) -> None:
+        self.name = name
+        self.max_workers = max_workers
+        self.queue_size = queue_size
+        # Accepted but unfinished tasks are at most the running ones plus a
+        # full queue. One counter gives both the bound and join().
+        self._capacity = math.inf if queue_size is None else max_workers + queue_size
+        self._number = next(_pool_numbers)
+        super().__init__()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: _Queue = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._unfinished = 0
+        self._closed = False
+
+    def submit(self, result: TaskResult[t.Any]) -> None:
+        """Queue a result whose job is set. Never blocks.
+
+        :raises QueueFull: If ``queue_size`` tasks are already waiting.
+        :raises ShutdownError: After :meth:`shutdown`.
+        """
+        self._check_process()
+        with self._lock:
+            if self._closed:
+                raise ShutdownError(
+                    f"The task pool {self.name!r} is shut down and accepts no new"
+                    " tasks. Submit before shutdown(), or create a new app."
+                )
+            if self._unfinished >= self._capacity:
+                raise QueueFull(
+                    f"The task pool {self.name!r} is full: {self.max_workers}"
+                    f" tasks running and {self.queue_size} queued. Retry later,"
+                    " or raise BGTASKS_QUEUE_SIZE or BGTASKS_MAX_WORKERS (or the"
+                    " pool's entry in BGTASKS_POOLS)."
+                )
+            self._unfinished += 1
+            self._queue.put(result)
+            if len(self._threads) < self.max_workers:
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        queue = self._queue
+
+        # When the pool is garbage collected, wake the workers so they exit.
+        def wake(_: object) -> None:
+            queue.put(None)
+
+        thread = threading.Thread(
+            target=_work,
+            args=(weakref.ref(self, wake), queue),
+            name=f"bgtasks-{self.name}-{self._number}_{len(self._threads)}",
+            # Daemon threads, so that a stuck task can't keep the process
+            # alive; draining at exit is the shutdown's job.
+            daemon=True,
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _task_done(self) -> None:
+        with self._lock:
+            self._unfinished -= 1
+            if not self._unfinished:
+                self._idle.notify_all()
+
+    @property
+    def unfinished(self) -> int:
+        """How many accepted tasks have not finished yet."""
+        return self._unfinished
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until no task is queued or running.
+
+        :return: ``True`` if the pool went idle, ``False`` at the timeout.
+        """
+        self._check_process()
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._unfinished, timeout)
+
+    def shutdown(
+        self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None
+    ) -> bool:
+        """Stop accepting tasks and let the workers exit once the queue is empty.
+
+        Safe to call more than once, from any thread.
+
+        :param wait: Wait for the worker threads to exit.
+        :param cancel_pending: Cancel the queued tasks instead of running them.
+        :param timeout: With ``wait``, the most seconds to wait.
+        :return: ``True`` if every worker has exited (always with ``wait``
+            and no timeout).
+        """
+        self._check_process()
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        if cancel_pending:
+            self._cancel_queued()
+        # One sentinel; each worker puts it back for the next before exiting.
+        self._queue.put(None)
+        if not wait:
+            return not threads
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(thread.is_alive() for thread in threads)
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                result = self._queue.get_nowait()
+            except Empty:
+                return
+            if result is None:
+                continue
+            result.cancel()
+            self._task_done()
+
+
+def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue) -> None:
+    while True:
+        result = queue.get()
+        if result is None:
+            queue.put(None)
+            return
+        job = result._claim()
+        if job is not None:
+            result._run(job)
+        del result, job
+        pool = pool_ref()
+        if pool is None:
+            return
+        pool._task_done()
+        del pool

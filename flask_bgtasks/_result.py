@@ -1,0 +1,305 @@
+"""The handle of a submitted task: :class:`TaskResult` and :class:`TaskStatus`.
+
+This module knows nothing of Flask. A task's life is driven through a few
+private methods, used by the pools and backends:
+
+``_claim()``
+    take the job out of the result; exactly one caller wins it.
+``_run(job)``
+    run a claimed job in this thread, in a fresh :mod:`contextvars` context.
+``_succeed(value)`` / ``_fail(exc)``
+    publish the outcome; the job calls one of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import secrets
+import time
+import typing as t
+from concurrent.futures import CancelledError
+from concurrent.futures import Future
+from contextvars import Context
+from datetime import datetime
+from datetime import timezone
+
+from ._current import running_task
+from ._errors import TaskCancelled
+
+R = t.TypeVar("R")
+
+logger = logging.getLogger("flask_bgtasks")
+
+#: A job takes the result it belongs to, runs the task and publishes the
+#: outcome with ``_succeed`` or ``_fail``.
+Job = t.Callable[["TaskResult[t.Any]"], None]
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its life. Compares equal to its string value.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Waiting in a pool's queue.
+    QUEUED = "queued"
+    #: A worker is running it.
+    RUNNING = "running"
+    #: It returned a value.
+    SUCCEEDED = "succeeded"
+    #: It raised an exception.
+    FAILED = "failed"
+    #: It was cancelled while queued, or it stopped with
+    #: :class:`~flask_bgtasks.TaskCancelled` after a cancel request.
+    CANCELLED = "cancelled"
+
+
+class TaskOwner(t.Protocol):
+    """What a result needs from whoever submitted it."""
+
+    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+        """Make the result findable by id. Called once, when the id is made."""
+
+    def callback_context(self) -> t.ContextManager[object]:
+        """The context in which a done-callback runs outside the task."""
+
+    def cancelled(self, result: TaskResult[t.Any]) -> None:
+        """Called when a queued task was cancelled, so it will never run."""
+
+
+def _new_id() -> str:
+    # 16 random bytes: 128 bits, URL-safe, neither sequential nor guessable.
+    return secrets.token_urlsafe(16)
+
+
+def _as_datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+class TaskResult(Future[R]):
+    """The handle of a submitted task: its id, status, progress and outcome.
+
+    A :class:`concurrent.futures.Future`, so :func:`concurrent.futures.wait`
+    and :func:`~concurrent.futures.as_completed` accept it.
+
+    .. code-block:: python
+
+        result = build_report.submit(42)
+        result.id          # 'kq3V1mH0...', give it to the client
+        result.status      # TaskStatus.QUEUED
+        result.result(10)  # wait up to 10 s for the return value
+
+    You don't create it yourself; ``submit`` returns it.
+
+    .. versionadded:: 0.1
+    """
+
+    # Set by __init__ and removed by _claim(), by whoever will run or cancel it.
+    _job: Job
+
+    def __init__(self, name: str, job: Job, owner: TaskOwner | None = None) -> None:
+        super().__init__()
+        #: The task's name, ``module.function`` unless given.
+        self.name = name
+        self._job = job
+        self._owner = owner
+        self._status = TaskStatus.QUEUED
+        self._submitted = time.time()
+        self._started: float | None = None
+        self._finished: float | None = None
+        self._progress: tuple[float, float | None, str | None] | None = None
+        self._cancel_requested = False
+
+    # The id is made the first time someone asks for it, not in ``submit``:
+    # a task whose id nobody reads can't be looked up by id, so it needs
+    # neither an id nor a place in the store, and ``submit`` stays cheap.
+    @property
+    def id(self) -> str:
+        """A URL-safe id with 128 random bits, unique to this task."""
+        try:
+            return self.__dict__["_id"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        new = _new_id()
+        # setdefault is atomic: if two threads race, both see one id.
+        task_id: str = self.__dict__.setdefault("_id", new)
+        if task_id is new and self._owner is not None:
+            self._owner.register(task_id, self)
+        return task_id
+
+    @property
+    def status(self) -> TaskStatus:
+        """The task's :class:`TaskStatus` now."""
+        return self._status
+
+    @property
+    def submitted_at(self) -> datetime:
+        """When the task was submitted (timezone-aware, UTC)."""
+        return _as_datetime(self._submitted)  # type: ignore[return-value]
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When a worker started it, or ``None``."""
+        return _as_datetime(self._started)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        """When it succeeded, failed or was cancelled, or ``None``."""
+        return _as_datetime(self._finished)
+
+    @property
+    def progress(self) -> dict[str, t.Any] | None:
+        """The last progress the task reported, or ``None`` before any.
+
+        A dict with the keys ``current``, ``total`` and ``message``, as given
+        to :meth:`current_task.set_progress()
+        <flask_bgtasks.current_task.set_progress>`.
+        """
+        progress = self._progress
+        if progress is None:
+            return None
+        current, total, message = progress
+        return {"current": current, "total": total, "message": message}
+
+    @property
+    def cancel_requested(self) -> bool:
+        """``True`` once :meth:`cancel` was called on the running task."""
+        return self._cancel_requested
+
+    def cancel(self) -> bool:
+        """Cancel the task.
+
+        A queued task is cancelled at once and never runs: returns ``True``.
+        A running task is asked to stop: :attr:`current_task.cancel_requested
+        <flask_bgtasks.current_task.cancel_requested>` becomes ``True`` inside
+        it, and the call returns ``False``, as for any running future. A
+        finished task is left as it is.
+        """
+        if self._claim() is not None:
+            # The job is ours, so no worker will ever run it.
+            self._finished = time.time()
+            self._status = TaskStatus.CANCELLED
+            super().cancel()
+            if self._owner is not None:
+                self._owner.cancelled(self)
+            return True
+        if self._status is TaskStatus.CANCELLED:
+            return True
+        if not self.done():
+            self._cancel_requested = True
+        return False
+
+    def cancelled(self) -> bool:
+        """``True`` if the task was cancelled, before or while running."""
+        return self._status is TaskStatus.CANCELLED
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the task and return its value.
+
+        Called inside another task while this one is still queued, the
+        waiting task runs it itself: a task that waits for a task in its own
+        saturated pool would otherwise wait forever.
+
+        :param timeout: Seconds to wait; ``None`` waits as long as it takes.
+        :raises TimeoutError: If it did not finish in time.
+        :raises TaskCancelled: If the task was cancelled.
+        :raises Exception: Whatever the task raised.
+        """
+        if "_job" in self.__dict__ and running_task.get(None) is not None:
+            job = self._claim()
+            if job is not None:
+                self._run(job)
+        try:
+            return super().result(timeout)
+        except CancelledError as exc:
+            raise self._as_task_cancelled(exc) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the task and return the exception it raised, or ``None``.
+
+        :raises TaskCancelled: If the task was cancelled.
+        """
+        try:
+            exc = super().exception(timeout)
+        except CancelledError as cancel:
+            raise self._as_task_cancelled(cancel) from None
+        if isinstance(exc, CancelledError):
+            raise exc
+        return exc
+
+    def add_done_callback(self, fn: t.Callable[[Future[R]], object]) -> None:
+        """Call ``fn(result)`` once the task has finished or was cancelled.
+
+        It runs with the task's app available: in the worker, inside the
+        task's app context, or, if the task is already done, at once in this
+        thread inside a new app context. An exception it raises is logged on
+        the ``flask_bgtasks`` logger, never raised into the worker.
+        """
+        super().add_done_callback(lambda _: self._call_back(fn))
+
+    def __repr__(self) -> str:
+        task_id = self.__dict__.get("_id")
+        ident = f" id={task_id}" if task_id else ""
+        return f"<TaskResult {self.name!r}{ident} {self._status.value}>"
+
+    def _as_task_cancelled(self, exc: CancelledError) -> TaskCancelled:
+        if isinstance(exc, TaskCancelled):
+            return exc
+        return TaskCancelled(f"Task {self.name!r} was cancelled before it started.")
+
+    def _call_back(self, fn: t.Callable[[Future[R]], object]) -> None:
+        try:
+            if running_task.get(None) is self or self._owner is None:
+                fn(self)
+            else:
+                with self._owner.callback_context():
+                    fn(self)
+        except BaseException:
+            logger.exception("A done-callback of %r raised an exception.", self)
+
+    def _claim(self) -> Job | None:
+        # dict.pop is atomic, so of the worker, a task that waits for this one
+        # and cancel(), exactly one gets the job and decides what happens.
+        return self.__dict__.pop("_job", None)  # type: ignore[no-any-return]
+
+    def _run(self, job: Job) -> None:
+        self._started = time.time()
+        self._status = TaskStatus.RUNNING
+        self.set_running_or_notify_cancel()
+        # A fresh context: nothing set by the submitter or by an earlier task
+        # in this thread is visible, and nothing the task sets outlives it.
+        Context().run(self._call_job, job)
+
+    def _call_job(self, job: Job) -> None:
+        running_task.set(self)
+        try:
+            job(self)
+        except BaseException as exc:
+            # Jobs publish their own outcome; this only catches what went
+            # wrong around the task, such as a teardown or signal receiver.
+            if self.done():
+                logger.exception("Error after task %r finished.", self)
+            else:
+                self._fail(exc)
+
+    def _succeed(self, value: R) -> None:
+        self._finished = time.time()
+        self._status = TaskStatus.SUCCEEDED
+        self.set_result(value)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._finished = time.time()
+        if isinstance(exc, CancelledError):
+            self._status = TaskStatus.CANCELLED
+            logger.info("Task %r (id %s) was cancelled while running.", self.name, self.id)
+        else:
+            self._status = TaskStatus.FAILED
+            logger.error(
+                "Task %r (id %s) failed.",
+                self.name,
+                self.id,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        self.set_exception(exc)
+

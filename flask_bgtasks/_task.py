@@ -1,0 +1,198 @@
+"""``Task``: a function made submittable by ``@bg.task``."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import inspect
+import itertools
+import time
+import typing as t
+
+from . import signals
+from ._config import DEFAULT_POOL
+from ._context import capture
+from ._context import Captured
+from ._context import check_arguments
+from ._context import get_app
+from ._context import run_task
+from ._errors import InvalidTaskError
+from ._result import TaskResult
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from ._extension import BGTasks
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+
+class Task(t.Generic[P, R]):
+    """A function that can run in the background. Made by :meth:`BGTasks.task`.
+
+    Calling it runs the function here and now, as before. :meth:`submit` and
+    :meth:`map` run it on the app's task pool. It keeps the function's name,
+    docstring and signature, also for type checkers.
+
+    Everything that can be decided about the function is decided here, once,
+    so that ``submit`` does as little as possible.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        extension: BGTasks,
+        fn: t.Callable[P, R],
+        *,
+        name: str | None = None,
+        pool: str = DEFAULT_POOL,
+        copy_request: bool = False,
+        copy_g: t.Iterable[str] = (),
+    ) -> None:
+        if not callable(fn):
+            raise InvalidTaskError(
+                f"@bg.task needs a function, got {fn!r} ({type(fn).__name__})."
+                " Put the decorator directly above a 'def'."
+            )
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            raise InvalidTaskError(
+                f"{fn.__qualname__!r} is an 'async def' function; background"
+                " tasks run plain functions in threads. Make it a plain 'def', or"
+                " wrap it: 'def task(...): return asyncio.run(coroutine(...))'."
+            )
+        if name is None:
+            name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', repr(fn))}"
+        if not isinstance(name, str) or not name:
+            raise InvalidTaskError(f"A task's name must be a non-empty string, got {name!r}.")
+        if not isinstance(pool, str) or not pool:
+            raise InvalidTaskError(f"Task {name!r}: 'pool' must be a pool name, got {pool!r}.")
+        if not isinstance(copy_request, bool):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'copy_request' must be True or False, got {copy_request!r}."
+            )
+        if isinstance(copy_g, str) or not all(isinstance(key, str) for key in copy_g):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'copy_g' must be a list of attribute names of"
+                f" 'g', such as ['user_id'], got {copy_g!r}."
+            )
+        self.fn = fn
+        #: The task's name, in logs and on its results.
+        self.name = name
+        #: The name of the pool it runs on.
+        self.pool = pool
+        self.copy_request = copy_request
+        self.copy_g = tuple(copy_g)
+        self._extension = extension
+        self._captures = copy_request or bool(self.copy_g)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, like the undecorated function."""
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskResult[R]:
+        """Queue the task for the current app and return at once.
+
+        .. code-block:: python
+
+            result = build_report.submit(user_id=42)
+            return {"task": result.id}, 202
+
+        :raises UsageError: Outside an app context, or for an unknown pool.
+        :raises QueueFull: If the pool's queue is full (an HTTP 503).
+        :raises ShutdownError: After the extension was shut down.
+        :raises InvalidTaskError: If an argument is a Flask context proxy.
+        """
+        app = get_app()
+        captured = self._capture() if self._captures else None
+        return self._submit(app, captured, args, kwargs)
+
+    def map(
+        self,
+        *iterables: t.Iterable[t.Any],
+        timeout: float | None = None,
+        buffersize: int | None = None,
+    ) -> t.Iterator[R]:
+        """Run the task once per item and yield the results in input order.
+
+        Like :meth:`concurrent.futures.Executor.map`: all tasks are submitted
+        before this returns, unless ``buffersize`` caps how many are
+        submitted ahead of the results you have consumed. Leaving the loop
+        early cancels the tasks that have not started.
+
+        .. code-block:: python
+
+            sizes = list(thumbnail.map(paths, buffersize=20))
+
+        :param timeout: Seconds from now after which waiting for a result
+            raises :class:`TimeoutError`.
+        :param buffersize: Most tasks in flight at once; use it for long
+            inputs that would not fit in the queue.
+        :raises QueueFull: If the tasks do not fit in the queue; nothing of
+            this call keeps running then.
+        """
+        if buffersize is not None and (isinstance(buffersize, bool) or buffersize < 1):
+            raise ValueError(f"buffersize must be a whole number of at least 1, got {buffersize!r}.")
+        app = get_app()
+        captured = self._capture() if self._captures else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        items = zip(*iterables)
+        pending: collections.deque[TaskResult[R]] = collections.deque()
+
+        def submit_next(count: int | None) -> None:
+            for args in items if count is None else itertools.islice(items, count):
+                pending.append(self._submit(app, captured, args, {}))
+
+        try:
+            submit_next(buffersize)
+        except BaseException:
+            _cancel_all(pending)
+            raise
+        return self._yield_results(pending, deadline, submit_next if buffersize else None)
+
+    @staticmethod
+    def _yield_results(
+        pending: collections.deque[TaskResult[R]],
+        deadline: float | None,
+        submit_next: t.Callable[[int], None] | None,
+    ) -> t.Iterator[R]:
+        try:
+            while pending:
+                result = pending.popleft()
+                left = None if deadline is None else deadline - time.monotonic()
+                value = result.result(left)
+                if submit_next is not None:
+                    submit_next(1)
+                yield value
+        finally:
+            _cancel_all(pending)
+
+    def _capture(self) -> Captured:
+        return capture(self.name, self.copy_g, self.copy_request)
+
+    def _submit(
+        self,
+        app: Flask,
+        captured: Captured | None,
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+    ) -> TaskResult[R]:
+        state = self._extension._get_state(app)
+        if args or kwargs:
+            check_arguments(self.name, args, kwargs)
+        job = functools.partial(run_task, app, self.fn, args, kwargs, captured)
+        result: TaskResult[R] = TaskResult(self.name, job, state)
+        state.backend.submit(result, self.pool)
+        if signals.task_submitted.receivers:
+            signals.task_submitted.send(app, task=result)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} pool={self.pool!r}>"
+
+
+def _cancel_all(results: t.Iterable[TaskResult[t.Any]]) -> None:
+    for result in results:
+        result.cancel()
