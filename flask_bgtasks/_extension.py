@@ -96,8 +96,13 @@ class BGTasks:
                 " Call init_app() once per app, or use the BGTasks instance"
                 " that app.extensions['bgtasks'] holds."
             )
-        self._apps[app] = _AppState(app, _config.load(app.config))
+        state = _AppState(app, _config.load(app.config))
+        self._apps[app] = state
         app.extensions["bgtasks"] = self
+        # An app that is gone has no queued tasks (each holds its app), so
+        # its idle workers may stop; without this they would wait for the
+        # garbage collector to break the cycle between results and the store.
+        weakref.finalize(app, state.backend.shutdown, False)
 
     def _get_state(self, app: Flask) -> _AppState:
         try:

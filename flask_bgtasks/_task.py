@@ -63,7 +63,9 @@ class Task(t.Generic[P, R]):
                 " wrap it: 'def task(...): return asyncio.run(coroutine(...))'."
             )
         if name is None:
-            name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', repr(fn))}"
+            # Callable objects have no __qualname__ of their own: use their class's.
+            named = fn if hasattr(fn, "__qualname__") else type(fn)
+            name = f"{named.__module__}.{named.__qualname__}"
         if not isinstance(name, str) or not name:
             raise InvalidTaskError(f"A task's name must be a non-empty string, got {name!r}.")
         if not isinstance(pool, str) or not pool:
@@ -86,7 +88,9 @@ class Task(t.Generic[P, R]):
         self.copy_g = tuple(copy_g)
         self._extension = extension
         self._captures = copy_request or bool(self.copy_g)
-        functools.update_wrapper(self, fn)
+        # Name and docstring, but not the function's __dict__, which could
+        # overwrite the attributes above.
+        functools.update_wrapper(self, fn, updated=())
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now, like the undecorated function."""

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import threading
+import typing as t
+
+import flask
+import pytest
+from flask import Flask
+
+from flask_bgtasks import BGTasks
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> t.Iterator[None]:
+    """Fail a test that leaves a thread running or an app context pushed."""
+    before = set(threading.enumerate())
+    yield
+    assert not flask.has_app_context(), "The test left an app context pushed."
+    leaked = [thread for thread in threading.enumerate() if thread not in before]
+    for thread in leaked:  # Threads that are exiting get a moment to finish.
+        thread.join(5)
+    alive = [thread.name for thread in leaked if thread.is_alive()]
+    assert not alive, f"The test left threads running: {alive}"
+
+
+@pytest.fixture
+def bg() -> t.Iterator[BGTasks]:
+    bg = BGTasks()
+    yield bg
+    bg.shutdown()
+
+
+@pytest.fixture
+def make_app(bg: BGTasks) -> t.Iterator[t.Callable[..., Flask]]:
+    """Make an app registered with ``bg``; keyword arguments go to its config."""
+    apps = []  # alive until bg's teardown shuts their pools down
+
+    def make_app(name: str = "test_app", **config: t.Any) -> Flask:
+        app = Flask(name)
+        app.config.update(TESTING=True, BGTASKS_MAX_WORKERS=2)
+        app.config.update(config)
+        bg.init_app(app)
+        apps.append(app)
+        return app
+
+    yield make_app
+    bg.shutdown()
+
+
+@pytest.fixture
+def app(make_app: t.Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> flask.testing.FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> flask.testing.FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+class Gate:
+    """Hold tasks at a point until the test lets them go.
+
+    ``wait_entered(n)`` returns once ``n`` tasks are waiting at the gate.
+    """
+
+    def __init__(self) -> None:
+        self._open = threading.Event()
+        self._cond = threading.Condition()
+        self.entered = 0
+
+    def __call__(self) -> None:
+        with self._cond:
+            self.entered += 1
+            self._cond.notify_all()
+        assert self._open.wait(10), "The test never opened the gate."
+
+    def wait_entered(self, count: int = 1) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.entered >= count, 10)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.fixture
+def gate() -> t.Iterator[Gate]:
+    gate = Gate()
+    yield gate
+    gate.open()  # never leave a task blocked, even when the test failed
