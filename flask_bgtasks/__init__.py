@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from . import signals
 from ._current import current_task
-from ._errors import BGTasksError
-from ._errors import ConfigError
-from ._errors import ConfigTypeError
-from ._errors import InvalidTaskError
-from ._errors import QueueFull
-from ._errors import ShutdownError
-from ._errors import TaskCancelled
-from ._errors import UsageError
+from ._errors import (
+    BGTasksError,
+    ConfigError,
+    ConfigTypeError,
+    InvalidTaskError,
+    QueueFull,
+    ShutdownError,
+    TaskCancelled,
+    UsageError,
+)
 from ._extension import BGTasks
-from ._result import TaskResult
-from ._result import TaskStatus
+from ._result import TaskResult, TaskStatus
 from ._task import Task
 
 __all__ = [

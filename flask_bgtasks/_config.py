@@ -6,8 +6,7 @@ import dataclasses
 import os
 import typing as t
 
-from ._errors import ConfigError
-from ._errors import ConfigTypeError
+from ._errors import ConfigError, ConfigTypeError
 
 #: The pool a task uses unless it names another.
 DEFAULT_POOL = "default"

@@ -14,16 +14,11 @@ import sys
 import typing as t
 from urllib.parse import urlencode
 
-from flask import current_app
-from flask import Flask
-from flask import g
-from flask import has_request_context
-from flask import request
+from flask import Flask, current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from . import signals
-from ._errors import InvalidTaskError
-from ._errors import UsageError
+from ._errors import InvalidTaskError, UsageError
 
 if t.TYPE_CHECKING:
     from ._result import TaskResult

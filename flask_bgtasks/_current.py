@@ -5,8 +5,7 @@ from __future__ import annotations
 import typing as t
 from contextvars import ContextVar
 
-from ._errors import TaskCancelled
-from ._errors import UsageError
+from ._errors import TaskCancelled, UsageError
 
 if t.TYPE_CHECKING:
     from ._result import TaskResult

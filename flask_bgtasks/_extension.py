@@ -7,13 +7,10 @@ import typing as t
 import weakref
 
 from . import _config
-from ._context import app_context
-from ._context import get_app
-from ._context import send_cancelled
+from ._context import app_context, get_app, send_cancelled
 from ._current import running_task
 from ._errors import UsageError
-from ._store import MemoryStore
-from ._store import TaskStore
+from ._store import MemoryStore, TaskStore
 from ._task import Task
 from .backends import Backend
 from .backends.eager import EagerBackend

@@ -15,11 +15,9 @@ import threading
 import time
 import typing as t
 import weakref
-from queue import Empty
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 
-from ._errors import QueueFull
-from ._errors import ShutdownError
+from ._errors import QueueFull, ShutdownError
 from ._process import ProcessLocal
 from ._result import TaskResult
 

@@ -18,11 +18,9 @@ import logging
 import secrets
 import time
 import typing as t
-from concurrent.futures import CancelledError
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from contextvars import Context
-from datetime import datetime
-from datetime import timezone
+from datetime import datetime, timezone
 
 from ._current import running_task
 from ._errors import TaskCancelled

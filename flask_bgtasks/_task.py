@@ -11,11 +11,7 @@ import typing as t
 
 from . import signals
 from ._config import DEFAULT_POOL
-from ._context import capture
-from ._context import Captured
-from ._context import check_arguments
-from ._context import get_app
-from ._context import run_task
+from ._context import Captured, capture, check_arguments, get_app, run_task
 from ._errors import InvalidTaskError
 from ._result import TaskResult
 

@@ -10,19 +10,6 @@ from flask import Flask
 from flask_bgtasks import BGTasks
 
 
-@pytest.fixture(autouse=True)
-def _no_leaks() -> t.Iterator[None]:
-    """Fail a test that leaves a thread running or an app context pushed."""
-    before = set(threading.enumerate())
-    yield
-    assert not flask.has_app_context(), "The test left an app context pushed."
-    leaked = [thread for thread in threading.enumerate() if thread not in before]
-    for thread in leaked:  # Threads that are exiting get a moment to finish.
-        thread.join(5)
-    alive = [thread.name for thread in leaked if thread.is_alive()]
-    assert not alive, f"The test left threads running: {alive}"
-
-
 @pytest.fixture
 def bg() -> t.Iterator[BGTasks]:
     bg = BGTasks()

@@ -5,10 +5,7 @@ import typing as t
 import pytest
 from flask import Flask
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import BGTasksError
-from flask_bgtasks import ConfigError
-from flask_bgtasks import ConfigTypeError
+from flask_bgtasks import BGTasks, BGTasksError, ConfigError, ConfigTypeError
 
 
 def init(**config: t.Any) -> Flask:

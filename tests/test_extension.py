@@ -4,13 +4,9 @@ import typing as t
 
 import click
 import pytest
-from flask import Blueprint
-from flask import current_app
-from flask import Flask
+from flask import Blueprint, Flask, current_app
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import TaskStatus
-from flask_bgtasks import UsageError
+from flask_bgtasks import BGTasks, TaskStatus, UsageError
 
 
 def app_name() -> str:

@@ -3,18 +3,15 @@ from __future__ import annotations
 import typing as t
 
 import pytest
-from flask import current_app
-from flask import Flask
-from flask import g
-from flask import request
-from flask import session
+from flask import Flask, current_app, g, request, session
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import InvalidTaskError
-from flask_bgtasks import QueueFull
-from flask_bgtasks import TaskCancelled
-from flask_bgtasks import TaskResult
-from flask_bgtasks import TaskStatus
+from flask_bgtasks import (
+    BGTasks,
+    InvalidTaskError,
+    QueueFull,
+    TaskResult,
+    TaskStatus,
+)
 
 
 def test_plain_call_runs_inline(app: Flask, bg: BGTasks) -> None:

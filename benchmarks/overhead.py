@@ -1,0 +1,522 @@
+"""How much Flask-BGTasks costs per task, next to the plain thread pool.
+
+Three contenders run the same no-op task on 4 worker threads:
+
+* ``ThreadPoolExecutor``: plain :class:`concurrent.futures.ThreadPoolExecutor`,
+  the floor that any thread-based extension builds on;
+* ``Flask-BGTasks``: ``BGTasks(app)`` with ``BGTASKS_MAX_WORKERS=4`` and no
+  queue bound, a ``@bg.task`` submitted with ``noop.submit()``;
+* ``Flask-Executor``: ``Executor(app)`` with ``EXECUTOR_TYPE='thread'`` and
+  ``EXECUTOR_MAX_WORKERS=4``, submitted with ``executor.submit(noop)``.
+
+Each is submitted from an app context and from a request context. A contender
+that refuses a scenario (Flask-Executor needs a request) is shown as ``n/a``
+with the error it raised.
+
+Two things are measured:
+
+Overhead per task
+    Wall time from the first submit until the last ``result()`` returned,
+    divided by the number of tasks, and the process CPU time
+    (:func:`time.process_time`, all threads) over the same span. Every pool
+    is new, and is warmed up first so that starting threads is not counted.
+    Each round runs every contender in every scenario once, in an order
+    rotated from round to round; the table shows the medians over the rounds
+    and their ratio to ``ThreadPoolExecutor`` in the same scenario.
+
+Memory per queued task
+    All workers are held by tasks waiting on a :class:`threading.Event`, then
+    ``--queued`` no-op tasks are submitted. The growth of the memory traced by
+    :mod:`tracemalloc` during the submits, divided by their number, is what one
+    waiting task costs, its returned future included.
+
+Run it from the project root::
+
+    pip install -e '.[benchmarks]'
+    python benchmarks/overhead.py
+    python benchmarks/overhead.py --rounds 9 --rst docs/_overhead_table.rst
+
+The defaults take about a minute or two on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import tracemalloc
+import typing as t
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from flask import Flask
+from flask_executor import Executor  # type: ignore[import-untyped]
+
+from flask_bgtasks import BGTasks
+
+#: Worker threads of every pool.
+WORKERS = 4
+#: Seconds to wait for all workers to pick up a warm-up or blocking task.
+START_TIMEOUT = 30.0
+#: The goal from the issue: Flask-BGTasks wall time per task, as a multiple
+#: of ThreadPoolExecutor's.
+TARGET_RATIO = 2.0
+IDEAL_RATIO = 1.5
+#: The contender every ratio is taken against.
+BASELINE = "ThreadPoolExecutor"
+#: Longest error message shown in a table cell.
+MAX_ERROR_LENGTH = 60
+
+AnyFuture = Future[t.Any]
+
+
+def noop() -> None:
+    """The task: does nothing, so all that is measured is overhead."""
+
+
+# Contenders -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A running pool, as the measurements see it."""
+
+    app: Flask
+    #: Submit the no-op task and return its future.
+    submit_noop: t.Callable[[], AnyFuture]
+    #: Submit any callable without arguments, for warm-up and blocking.
+    submit_call: t.Callable[[t.Callable[[], object]], AnyFuture]
+
+
+PoolFactory = t.Callable[[], t.ContextManager[Pool]]
+
+
+@contextlib.contextmanager
+def thread_pool_executor() -> t.Iterator[Pool]:
+    # The app only provides the contexts that the scenarios push.
+    app = Flask(__name__)
+    executor = ThreadPoolExecutor(max_workers=WORKERS)
+    try:
+        yield Pool(app, lambda: executor.submit(noop), executor.submit)
+    finally:
+        executor.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def flask_bgtasks() -> t.Iterator[Pool]:
+    app = Flask(__name__)
+    app.config.update(BGTASKS_MAX_WORKERS=WORKERS, BGTASKS_QUEUE_SIZE=None)
+    bg = BGTasks(app)
+
+    @bg.task
+    def noop() -> None:
+        pass
+
+    try:
+        yield Pool(app, noop.submit, bg.submit)
+    finally:
+        bg.shutdown()
+
+
+@contextlib.contextmanager
+def flask_executor() -> t.Iterator[Pool]:
+    app = Flask(__name__)
+    app.config.update(EXECUTOR_TYPE="thread", EXECUTOR_MAX_WORKERS=WORKERS)
+    executor = Executor(app)
+    try:
+        yield Pool(app, lambda: executor.submit(noop), executor.submit)
+    finally:
+        # Executor forwards what it does not define itself to its
+        # ThreadPoolExecutor, shutdown() included.
+        executor.shutdown(wait=True)
+
+
+CONTENDERS: dict[str, PoolFactory] = {
+    BASELINE: thread_pool_executor,
+    "Flask-BGTasks": flask_bgtasks,
+    "Flask-Executor": flask_executor,
+}
+
+SCENARIOS: dict[str, t.Callable[[Flask], t.ContextManager[object]]] = {
+    "app context": lambda app: app.app_context(),
+    "request context": lambda app: app.test_request_context(),
+}
+
+#: One cell of the tables: (contender, scenario).
+Case = tuple[str, str]
+ALL_CASES: list[Case] = [(name, scenario) for name in CONTENDERS for scenario in SCENARIOS]
+
+
+# Running tasks ---------------------------------------------------------------
+
+
+def wait_all(futures: t.Iterable[AnyFuture]) -> None:
+    """Wait for each future in order; raise what a task raised."""
+    for future in futures:
+        future.result()
+
+
+def start_all_workers(pool: Pool) -> None:
+    """Run one task per worker at the same time, so every thread has
+    started, then one no-op task, so its code path is warm."""
+    everyone_running = threading.Barrier(WORKERS)
+    futures = []
+    try:
+        for _ in range(WORKERS):
+            futures.append(pool.submit_call(lambda: everyone_running.wait(START_TIMEOUT)))
+    except BaseException:
+        everyone_running.abort()
+        raise
+    wait_all(futures)
+    pool.submit_noop().result()
+
+
+def block_workers(pool: Pool, gate: threading.Event) -> list[AnyFuture]:
+    """Occupy every worker with a task that waits for ``gate``; return once
+    all of them are running."""
+    all_blocked = threading.Barrier(WORKERS + 1)
+
+    def blocker() -> None:
+        all_blocked.wait(START_TIMEOUT)
+        gate.wait()
+
+    try:
+        blockers = [pool.submit_call(blocker) for _ in range(WORKERS)]
+        all_blocked.wait(START_TIMEOUT)
+    except BaseException:
+        all_blocked.abort()
+        raise
+    return blockers
+
+
+def describe_error(exc: BaseException) -> str:
+    """``n/a (Type: message)``, the message cut to one short line."""
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > MAX_ERROR_LENGTH:
+        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
+    return f"n/a ({type(exc).__name__}: {message})"
+
+
+# Overhead per task -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timings:
+    """The per-task times of one case over the rounds, in microseconds."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median_wall(self) -> float | None:
+        return None if self.error else statistics.median(self.wall)
+
+    @property
+    def median_cpu(self) -> float | None:
+        return None if self.error else statistics.median(self.cpu)
+
+
+def time_tasks(pool: Pool, tasks: int) -> tuple[float, float]:
+    """Wall and CPU microseconds per task for ``tasks`` no-op tasks."""
+    gc.collect()
+    wall_start = time.perf_counter()
+    cpu_start = time.process_time()
+    futures = [pool.submit_noop() for _ in range(tasks)]
+    wait_all(futures)
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    return wall / tasks * 1e6, cpu / tasks * 1e6
+
+
+def time_case(case: Case, tasks: int) -> tuple[float, float]:
+    """Time one contender in one scenario, on a new, warmed-up pool."""
+    contender, scenario = case
+    with CONTENDERS[contender]() as pool, SCENARIOS[scenario](pool.app):
+        start_all_workers(pool)
+        return time_tasks(pool, tasks)
+
+
+def rotated(cases: list[Case], by: int) -> list[Case]:
+    by %= len(cases)
+    return cases[by:] + cases[:by]
+
+
+def measure_overhead(tasks: int, rounds: int) -> dict[Case, Timings]:
+    timings = {case: Timings() for case in ALL_CASES}
+    for round_index in range(rounds):
+        progress(f"round {round_index + 1}/{rounds}")
+        for case in rotated(ALL_CASES, round_index):
+            record = timings[case]
+            if record.error:
+                continue
+            try:
+                wall, cpu = time_case(case, tasks)
+            except Exception as exc:
+                record.error = describe_error(exc)
+                continue
+            record.wall.append(wall)
+            record.cpu.append(cpu)
+    return timings
+
+
+# Memory per queued task ------------------------------------------------------
+
+
+def traced_bytes() -> int:
+    """Bytes traced by tracemalloc that are still reachable."""
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def queued_bytes_per_task(pool: Pool, queued: int) -> float:
+    """Memory growth per task while ``queued`` tasks wait behind blocked
+    workers. The futures' list is allocated first, so it is not counted."""
+    pool.submit_noop().result()
+    gate = threading.Event()
+    blockers = block_workers(pool, gate)
+    futures: list[AnyFuture | None] = [None] * queued
+    try:
+        tracemalloc.start()
+        before = traced_bytes()
+        for index in range(queued):
+            futures[index] = pool.submit_noop()
+        grown = traced_bytes() - before
+    finally:
+        tracemalloc.stop()
+        gate.set()
+    wait_all(blockers)
+    wait_all(future for future in futures if future is not None)
+    return grown / queued
+
+
+def measure_case_memory(case: Case, queued: int) -> float | str:
+    """Bytes per queued task, or the ``n/a`` text if the case failed."""
+    contender, scenario = case
+    try:
+        with CONTENDERS[contender]() as pool, SCENARIOS[scenario](pool.app):
+            return queued_bytes_per_task(pool, queued)
+    except Exception as exc:
+        return describe_error(exc)
+
+
+def measure_memory(queued: int) -> dict[Case, float | str]:
+    results = {}
+    for case in ALL_CASES:
+        progress(f"memory: {case[0]}, {case[1]}")
+        results[case] = measure_case_memory(case, queued)
+    return results
+
+
+# Tables ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A table row: the case's name, then its numbers or why it has none."""
+
+    contender: str
+    scenario: str
+    values: list[str]
+    error: str | None = None
+
+    def cells(self, columns: int) -> list[str]:
+        """All cells; a failed case has its error first, then ``n/a``."""
+        if self.error is None:
+            return [self.contender, self.scenario, *self.values]
+        return [self.contender, self.scenario, self.error, *["n/a"] * (columns - 3)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[Row]
+
+    def cell_rows(self) -> list[list[str]]:
+        return [row.cells(len(self.header)) for row in self.rows]
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return value / baseline
+
+
+def format_number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def format_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def overhead_table(timings: dict[Case, Timings], tasks: int, rounds: int) -> Table:
+    rows = []
+    for contender, scenario in ALL_CASES:
+        record = timings[contender, scenario]
+        baseline = timings[BASELINE, scenario]
+        values = [
+            format_number(record.median_wall),
+            format_number(record.median_cpu),
+            format_ratio(ratio(record.median_wall, baseline.median_wall)),
+            format_ratio(ratio(record.median_cpu, baseline.median_cpu)),
+        ]
+        rows.append(Row(contender, scenario, values, record.error))
+    return Table(
+        title=(
+            f"Overhead per task: {tasks:,} no-op tasks on {WORKERS} workers,"
+            f" median of {rounds} rounds"
+        ),
+        header=["Contender", "Scenario", "wall us/task", "CPU us/task", "wall vs TPE", "CPU vs TPE"],
+        rows=rows,
+    )
+
+
+def memory_table(memory: dict[Case, float | str], queued: int) -> Table:
+    rows = []
+    for contender, scenario in ALL_CASES:
+        value = memory[contender, scenario]
+        baseline = memory[BASELINE, scenario]
+        if isinstance(value, str):
+            rows.append(Row(contender, scenario, [], error=value))
+            continue
+        relative = None if isinstance(baseline, str) else ratio(value, baseline)
+        rows.append(Row(contender, scenario, [format_number(value, 0), format_ratio(relative)]))
+    return Table(
+        title=f"Memory per queued task: {queued:,} no-op tasks queued behind {WORKERS} blocked workers",
+        header=["Contender", "Scenario", "bytes/queued task", "vs TPE"],
+        rows=rows,
+    )
+
+
+def render_text(table: Table) -> str:
+    """Aligned plain text: names left, numbers right. A failed case's error
+    runs on past the columns instead of widening them."""
+    complete = [row.cells(len(table.header)) for row in table.rows if row.error is None]
+    widths = [max(len(cell) for cell in column) for column in zip(table.header, *complete)]
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            cell.ljust(width) if index < 2 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ]
+        return "  ".join(parts).rstrip()
+
+    def row_line(row: Row) -> str:
+        if row.error is None:
+            return line(row.cells(len(table.header)))
+        return line([row.contender, row.scenario, ""]) + "  " + row.error
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([table.title, "", line(table.header), rule, *map(row_line, table.rows)])
+
+
+def render_markdown(table: Table) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    align = ["---", "---"] + ["---:"] * (len(table.header) - 2)
+    body = [line(cells) for cells in table.cell_rows()]
+    return "\n".join([f"**{table.title}**", "", line(table.header), line(align), *body])
+
+
+def render_rst(table: Table, caption: str) -> str:
+    """A ``list-table`` directive with a header row."""
+    lines = [f".. list-table:: {caption}", "   :header-rows: 1", ""]
+    for first, *rest in [table.header, *table.cell_rows()]:
+        lines.append(f"   * - {first}")
+        lines.extend(f"     - {cell}" for cell in rest)
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    flask_version = importlib.metadata.version("flask")
+    return (
+        f"Measured on {platform.platform()}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}, Flask {flask_version},"
+        f" {datetime.date.today().isoformat()}"
+    )
+
+
+def write_rst(path: str, overhead: Table, memory: Table) -> None:
+    machine = machine_description()
+    text = "\n\n".join(
+        [
+            render_rst(overhead, machine),
+            render_rst(memory, f"{memory.title}. {machine}"),
+        ]
+    )
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text + "\n")
+
+
+# Verdict and command line ----------------------------------------------------
+
+
+def target_line(timings: dict[Case, Timings]) -> str:
+    ratios = {
+        scenario: ratio(
+            timings["Flask-BGTasks", scenario].median_wall, timings[BASELINE, scenario].median_wall
+        )
+        for scenario in SCENARIOS
+    }
+    met = all(value is not None and value <= TARGET_RATIO for value in ratios.values())
+    details = ", ".join(
+        f"{'n/a' if value is None else f'{value:.2f}'} in {scenario}" for scenario, value in ratios.items()
+    )
+    return (
+        f"Target: Flask-BGTasks wall time per task <= {TARGET_RATIO:.1f}x ThreadPoolExecutor"
+        f" (ideal ~{IDEAL_RATIO:.1f}x): {'MET' if met else 'NOT MET'} ({details})"
+    )
+
+
+def progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=positive_int, default=20_000, help="no-op tasks per timed run (default: %(default)s)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds; the medians are shown (default: %(default)s)")
+    parser.add_argument("--queued", type=positive_int, default=200_000, help="tasks queued for the memory measurement (default: %(default)s)")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    parser.add_argument("--rst", metavar="PATH", help="also write the tables as reST list-tables to PATH, for the docs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    timings = measure_overhead(args.tasks, args.rounds)
+    memory = measure_memory(args.queued)
+    tables = [overhead_table(timings, args.tasks, args.rounds), memory_table(memory, args.queued)]
+    print("\n\n".join(render_text(table) for table in tables))
+    if args.markdown:
+        print()
+        print("\n\n".join(render_markdown(table) for table in tables))
+    if args.rst:
+        write_rst(args.rst, *tables)
+        print(f"\nWrote the tables as reST to {args.rst}")
+    print(f"\n{machine_description()}; took {time.perf_counter() - started:.0f} s.")
+    print(target_line(timings))
+
+
+if __name__ == "__main__":
+    main()
