@@ -18,11 +18,14 @@ extensions = [
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_preserve_defaults = True
+# Types of documented parameters, and return types; constructors of classes
+# users never instantiate show no parameter list.
+autodoc_typehints_description_target = "documented_params"
 # Type hints name Flask and stdlib types that are not documented here.
 nitpicky = False
 
-exclude_patterns = ["_build", "_benchmark_table.rst"]
+# Files starting with "_" are fragments for ".. include::", not pages.
+exclude_patterns = ["_build", "_*.rst"]
 default_role = None
 pygments_style = "sphinx"
 

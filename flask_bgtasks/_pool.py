@@ -1,10 +1,14 @@
 """A bounded pool of worker threads. Knows nothing of Flask.
 
 Written after CPython's ``concurrent.futures.thread``: a lock-free
-:class:`queue.SimpleQueue` feeds daemon worker threads, started lazily; one
-lock guards the counters; a ``None`` sentinel stops the workers; they hold
-only a weak reference to their pool, so a forgotten pool does not keep its
-threads alive.
+:class:`queue.SimpleQueue` feeds daemon worker threads, started lazily; a
+``None`` sentinel stops the workers; they hold only a weak reference to their
+pool, so a forgotten pool does not keep its threads alive.
+
+The accepted, unfinished tasks are kept in a set. Submitters add to it under
+the pool's lock; workers discard from it without taking any lock (set
+operations are atomic), because a lock taken by every worker after every task
+is contended by the submitters and costs more than the task itself.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class WorkerPool(ProcessLocal):
         self.max_workers = max_workers
         self.queue_size = queue_size
         # Accepted but unfinished tasks are at most the running ones plus a
-        # full queue. One counter gives both the bound and join().
+        # full queue.
         self._capacity = math.inf if queue_size is None else max_workers + queue_size
         self._number = next(_pool_numbers)
         super().__init__()
@@ -49,7 +53,8 @@ class WorkerPool(ProcessLocal):
         self._idle = threading.Condition(self._lock)
         self._queue: _Queue = SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._unfinished = 0
+        self._in_flight: set[TaskResult[t.Any]] = set()
+        self._joiners = 0
         self._closed = False
 
     def submit(self, result: TaskResult[t.Any]) -> None:
@@ -65,14 +70,14 @@ class WorkerPool(ProcessLocal):
                     f"The task pool {self.name!r} is shut down and accepts no new"
                     " tasks. Submit before shutdown(), or create a new app."
                 )
-            if self._unfinished >= self._capacity:
+            if len(self._in_flight) >= self._capacity:
                 raise QueueFull(
                     f"The task pool {self.name!r} is full: {self.max_workers}"
                     f" tasks running and {self.queue_size} queued. Retry later,"
                     " or raise BGTASKS_QUEUE_SIZE or BGTASKS_MAX_WORKERS (or the"
                     " pool's entry in BGTASKS_POOLS)."
                 )
-            self._unfinished += 1
+            self._in_flight.add(result)
             self._queue.put(result)
             if len(self._threads) < self.max_workers:
                 self._start_worker()
@@ -95,16 +100,17 @@ class WorkerPool(ProcessLocal):
         thread.start()
         self._threads.append(thread)
 
-    def _task_done(self) -> None:
-        with self._lock:
-            self._unfinished -= 1
-            if not self._unfinished:
+    def _task_done(self, result: TaskResult[t.Any]) -> None:
+        self._in_flight.discard(result)
+        # A joiner counts itself under the lock before it looks at the set,
+        # so if it is waiting, it is counted by now and this wakes it.
+        if self._joiners and not self._in_flight:
+            with self._idle:
                 self._idle.notify_all()
 
-    @property
-    def unfinished(self) -> int:
-        """How many accepted tasks have not finished yet."""
-        return self._unfinished
+    def unfinished(self) -> list[TaskResult[t.Any]]:
+        """The accepted tasks that have not finished yet."""
+        return list(self._in_flight)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task is queued or running.
@@ -113,7 +119,11 @@ class WorkerPool(ProcessLocal):
         """
         self._check_process()
         with self._idle:
-            return self._idle.wait_for(lambda: not self._unfinished, timeout)
+            self._joiners += 1
+            try:
+                return self._idle.wait_for(lambda: not self._in_flight, timeout)
+            finally:
+                self._joiners -= 1
 
     def shutdown(
         self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None
@@ -153,7 +163,7 @@ class WorkerPool(ProcessLocal):
             if result is None:
                 continue
             result.cancel()
-            self._task_done()
+            self._task_done(result)
 
 
 def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue) -> None:
@@ -165,9 +175,8 @@ def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue) -> None:
         job = result._claim()
         if job is not None:
             result._run(job)
-        del result, job
         pool = pool_ref()
         if pool is None:
             return
-        pool._task_done()
-        del pool
+        pool._task_done(result)
+        del result, job, pool
