@@ -15,6 +15,7 @@ from ._errors import (
     UsageError,
 )
 from ._extension import BGTasks
+from ._lifecycle import ShutdownSummary, install_sigterm_handler
 from ._result import TaskResult, TaskStatus
 from ._task import Task
 
@@ -26,11 +27,14 @@ __all__ = [
     "InvalidTaskError",
     "QueueFull",
     "ShutdownError",
+    "ShutdownSummary",
     "Task",
     "TaskCancelled",
     "TaskResult",
     "TaskStatus",
+    "TaskTimeout",
     "UsageError",
     "current_task",
+    "install_sigterm_handler",
     "signals",
 ]

@@ -30,6 +30,8 @@ class Config:
     result_ttl: float | None
     max_results: int
     eager: bool
+    shutdown_timeout: float
+    shutdown_queued: str
 
 
 def default_max_workers() -> int:
@@ -45,6 +47,8 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_RESULT_TTL", 3600)
     config.setdefault("BGTASKS_MAX_RESULTS", 10_000)
     config.setdefault("BGTASKS_EAGER", False)
+    config.setdefault("BGTASKS_SHUTDOWN_TIMEOUT", 20.0)
+    config.setdefault("BGTASKS_SHUTDOWN_QUEUED", "run")
 
 
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
@@ -64,6 +68,12 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         result_ttl=_seconds("BGTASKS_RESULT_TTL", config["BGTASKS_RESULT_TTL"]),
         max_results=_int("BGTASKS_MAX_RESULTS", config["BGTASKS_MAX_RESULTS"], 0),
         eager=_bool("BGTASKS_EAGER", config["BGTASKS_EAGER"]),
+        shutdown_timeout=_seconds(
+            "BGTASKS_SHUTDOWN_TIMEOUT", config["BGTASKS_SHUTDOWN_TIMEOUT"], none=False
+        ),
+        shutdown_queued=_choice(
+            "BGTASKS_SHUTDOWN_QUEUED", config["BGTASKS_SHUTDOWN_QUEUED"], ("run", "cancel")
+        ),
     )
 
 
@@ -126,15 +136,27 @@ def _int(key: str, value: object, minimum: int, none: bool = False) -> t.Any:
     return value
 
 
-def _seconds(key: str, value: object) -> float | None:
-    accepted = "a number of seconds of at least 0, or None to keep results until BGTASKS_MAX_RESULTS evicts them"
-    if value is None:
+@t.overload
+def _seconds(key: str, value: object, none: t.Literal[False]) -> float: ...
+@t.overload
+def _seconds(key: str, value: object, none: bool = True) -> float | None: ...
+def _seconds(key: str, value: object, none: bool = True) -> float | None:
+    accepted = "a number of seconds of at least 0"
+    if none:
+        accepted += ", or None for no time limit"
+    if value is None and none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
     if not value >= 0:  # also rejects NaN
         raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
     return float(value)
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}; got {_show(value)}.")
+    return value
 
 
 def _bool(key: str, value: object) -> bool:

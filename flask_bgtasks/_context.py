@@ -12,6 +12,7 @@ import dataclasses
 import io
 import sys
 import typing as t
+from concurrent.futures import Future
 from urllib.parse import urlencode
 
 from flask import Flask, current_app, g, has_request_context, request
@@ -19,6 +20,7 @@ from werkzeug.local import LocalProxy
 
 from . import signals
 from ._errors import InvalidTaskError, UsageError
+from ._result import TaskStatus
 
 if t.TYPE_CHECKING:
     from ._result import TaskResult
@@ -51,6 +53,26 @@ def check_arguments(task: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
     for name, value in kwargs.items():
         if type(value) is LocalProxy:
             _refuse(task, f"Argument {name!r}", value)
+
+
+def check_not_forking_per_request() -> None:
+    """Refuse to run in a process forked for one request, which exits right
+    after it, as ``app.run(processes=N)`` does: its tasks could never run.
+
+    :raises UsageError: In such a process.
+    """
+    if not has_request_context():
+        return
+    environ = request.environ
+    if environ.get("wsgi.multiprocess") and str(environ.get("SERVER_SOFTWARE", "")).startswith(
+        "Werkzeug/"
+    ):
+        raise UsageError(
+            "Background tasks cannot run under the development server with"
+            " processes > 1: it forks a process per request, which exits"
+            " before its tasks could run. Use threaded=True (the default) or"
+            " a production server such as Gunicorn."
+        )
 
 
 def _refuse(task: str, which: str, value: object) -> t.NoReturn:
@@ -142,15 +164,24 @@ def run_task(
         except BaseException as exc:
             error = exc
             result._fail(exc)
-            signal = signals.task_cancelled if result.cancelled() else signals.task_failed
-            if signal.receivers:
-                signal.send(app, task=result, exception=exc)
         else:
             result._succeed(value)
-            if signals.task_succeeded.receivers:
-                signals.task_succeeded.send(app, task=result, result=value)
+        _send_outcome(app, result)
     finally:
         ctx.pop(error)
+
+
+def _send_outcome(app: Flask, result: TaskResult[t.Any]) -> None:
+    # What was published, which is not what the function did if a timeout
+    # or the shutdown deadline ended the task first.
+    status = result.status
+    if status is TaskStatus.SUCCEEDED:
+        if signals.task_succeeded.receivers:
+            signals.task_succeeded.send(app, task=result, result=result.result(0))
+        return
+    signal = signals.task_cancelled if status is TaskStatus.CANCELLED else signals.task_failed
+    if signal.receivers:
+        signal.send(app, task=result, exception=Future.exception(result, 0))
 
 
 def app_context(app: Flask) -> t.ContextManager[object]:

@@ -56,6 +56,17 @@ class TaskCancelled(BGTasksError, CancelledError):
     """
 
 
+class TaskTimeout(BGTasksError, TimeoutError):
+    """The task ran longer than its ``timeout`` and was ended.
+
+    Its result raises this. Python cannot kill a thread: the task was asked
+    to stop (``current_task.cancel_requested`` is ``True``), and its worker
+    thread is only free again once the function returns.
+
+    .. versionadded:: 0.1
+    """
+
+
 class UsageError(BGTasksError, RuntimeError):
     """The API was used where it cannot work, such as outside an app context.
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import typing as t
 import weakref
 
 from . import _config
-from ._context import app_context, get_app, send_cancelled
+from ._context import (
+    app_context,
+    check_not_forking_per_request,
+    get_app,
+    send_cancelled,
+)
 from ._current import running_task
 from ._errors import UsageError
+from ._lifecycle import ShutdownSummary, drain_at_exit
+from ._result import TaskStatus
 from ._store import MemoryStore, TaskStore
 from ._task import Task
 from .backends import Backend
@@ -23,6 +32,9 @@ if t.TYPE_CHECKING:
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
+F = t.TypeVar("F", bound=t.Callable[[], object])
+
+logger = logging.getLogger("flask_bgtasks")
 
 
 class _AppState:
@@ -36,6 +48,14 @@ class _AppState:
         backend_class = EagerBackend if config.eager else ThreadBackend
         self.backend: Backend = backend_class(config.pools, app.name)
         self.store: TaskStore = MemoryStore(config.result_ttl, config.max_results)
+        self.pid = os.getpid()
+        self.hooks_ran = False
+
+    def enter_process(self) -> None:
+        """The first submit in a forked process: refuse a fork that dies
+        with its request, since its tasks could never run."""
+        check_not_forking_per_request()
+        self.pid = os.getpid()
 
     def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
         self.store.add(task_id, result)
@@ -75,13 +95,15 @@ class BGTasks:
 
     def __init__(self, app: Flask | None = None) -> None:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._shutdown_hooks: list[t.Callable[[], object]] = []
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         """Register the extension with an app: read and check its
         ``BGTASKS_*`` config and prepare its task pools. No thread starts
-        here; each pool starts its threads on its first task.
+        here; each pool starts its threads on its first task. At interpreter
+        exit the pools are drained within ``BGTASKS_SHUTDOWN_TIMEOUT``.
 
         :raises UsageError: If this app is already registered.
         :raises ConfigError: If a setting is out of range.
@@ -99,7 +121,8 @@ class BGTasks:
         # An app that is gone has no queued tasks (each holds its app), so
         # its idle workers may stop; without this they would wait for the
         # garbage collector to break the cycle between results and the store.
-        weakref.finalize(app, state.backend.shutdown, False)
+        weakref.finalize(app, state.backend.close)
+        drain_at_exit(self)
 
     def _get_state(self, app: Flask) -> _AppState:
         try:
@@ -120,6 +143,7 @@ class BGTasks:
         pool: str = ...,
         copy_request: bool = ...,
         copy_g: t.Iterable[str] = ...,
+        timeout: float | None = ...,
     ) -> Task[P, R]: ...
 
     @t.overload
@@ -132,6 +156,7 @@ class BGTasks:
         pool: str = ...,
         copy_request: bool = ...,
         copy_g: t.Iterable[str] = ...,
+        timeout: float | None = ...,
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -143,6 +168,7 @@ class BGTasks:
         pool: str = _config.DEFAULT_POOL,
         copy_request: bool = False,
         copy_g: t.Iterable[str] = (),
+        timeout: float | None = None,
     ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
         """Make a function a background task. Use bare or with options.
 
@@ -160,13 +186,22 @@ class BGTasks:
         :param copy_request: Run it in a read-only copy of the submitting
             request, so ``request.args`` and external ``url_for`` work.
         :param copy_g: Names of ``g`` attributes to copy into the task's ``g``.
+        :param timeout: Seconds the task may run. Then it is asked to stop
+            and its result fails with :class:`TaskTimeout`; see
+            :doc:`/shutdown` for what that can and cannot do.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
             or an option has the wrong type.
         """
 
         def decorate(fn: t.Callable[P, R]) -> Task[P, R]:
             return Task(
-                self, fn, name=name, pool=pool, copy_request=copy_request, copy_g=copy_g
+                self,
+                fn,
+                name=name,
+                pool=pool,
+                copy_request=copy_request,
+                copy_g=copy_g,
+                timeout=timeout,
             )
 
         if fn is None:
@@ -219,12 +254,101 @@ class BGTasks:
                 return False
         return True
 
-    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
-        """Stop every app's pools: no new tasks are accepted, and with
-        ``wait``, return once the accepted ones have finished and the worker
-        threads have exited. Safe to call more than once, from any thread.
+    def on_shutdown(self, fn: F) -> F:
+        """Register a function to call once per app, in its app context,
+        after its pools have drained: by the first :meth:`shutdown` that
+        waits, or at interpreter exit. Its exceptions are logged.
 
-        :param cancel_pending: Cancel queued tasks instead of running them.
+        .. code-block:: python
+
+            @bg.on_shutdown
+            def close_clients():
+                current_app.extensions["mailer"].close()
+
+        .. versionadded:: 0.1
         """
-        for state in list(self._apps.values()):
-            state.backend.shutdown(wait=wait, cancel_pending=cancel_pending)
+        self._shutdown_hooks.append(fn)
+        return fn
+
+    def shutdown(
+        self, wait: bool = True, timeout: float | None = None, cancel_pending: bool = False
+    ) -> ShutdownSummary:
+        """Stop every app's pools: accept no new task (``submit`` then
+        raises :class:`ShutdownError`), and with ``wait``, return once the
+        accepted tasks are done and the :meth:`on_shutdown` hooks have run.
+        Safe to call more than once, from any thread.
+
+        :param wait: Wait for the queued and running tasks.
+        :param timeout: With ``wait``, the most seconds to wait. Then the
+            tasks still queued are cancelled and the ones still running are
+            asked to stop and ended as ``cancelled``, each with a log line.
+        :param cancel_pending: Cancel the queued tasks instead of running them.
+        :return: What happened to the tasks that were unfinished.
+        :raises UsageError: If called with ``wait`` inside a task.
+        """
+        if wait and running_task.get(None) is not None:
+            raise UsageError(
+                "bg.shutdown(wait=True) inside a task would wait for that task"
+                " itself. Call it from the main thread, or with wait=False."
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        plan = [(state, cancel_pending, deadline) for state in list(self._apps.values())]
+        return self._shutdown(plan, wait)
+
+    def _drain_at_exit(self) -> None:
+        start = time.monotonic()
+        plan = [
+            (
+                state,
+                state.config.shutdown_queued == "cancel",
+                start + state.config.shutdown_timeout,
+            )
+            for state in list(self._apps.values())
+        ]
+        summary = self._shutdown(plan, wait=True)
+        if summary.cancelled or summary.interrupted:
+            logger.warning(
+                "Background tasks at exit: %d finished, %d cancelled while queued,"
+                " %d interrupted at the deadline.",
+                summary.finished,
+                len(summary.cancelled),
+                len(summary.interrupted),
+            )
+
+    def _shutdown(
+        self, plan: t.Sequence[tuple[_AppState, bool, float | None]], wait: bool
+    ) -> ShutdownSummary:
+        # Each step for every app before the next step, so that all apps
+        # stop accepting work at once and share the time until the deadline.
+        unfinished = [result for state, _, _ in plan for result in state.backend.unfinished()]
+        cancelled = [result for state, cancel, _ in plan for result in state.backend.close(cancel)]
+        if not wait:
+            return ShutdownSummary(
+                cancelled=[result.id for result in cancelled],
+                unfinished=[result.id for result in unfinished if not result.done()],
+            )
+        interrupted = []
+        for state, _, deadline in plan:
+            if not state.backend.wait(deadline):
+                late_cancelled, late_interrupted = state.backend.interrupt()
+                cancelled += late_cancelled
+                interrupted += late_interrupted
+        for state, _, _ in plan:
+            self._run_shutdown_hooks(state)
+        finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        return ShutdownSummary(
+            finished=sum(1 for result in unfinished if result.status in finished),
+            cancelled=[result.id for result in cancelled],
+            interrupted=[result.id for result in interrupted],
+        )
+
+    def _run_shutdown_hooks(self, state: _AppState) -> None:
+        if state.hooks_ran or not self._shutdown_hooks:
+            return
+        state.hooks_ran = True
+        with app_context(state._live_app()):
+            for hook in self._shutdown_hooks:
+                try:
+                    hook()
+                except Exception:
+                    logger.exception("The on_shutdown hook %r raised an exception.", hook)

@@ -23,7 +23,7 @@ from queue import Empty, SimpleQueue
 
 from ._errors import QueueFull, ShutdownError
 from ._process import ProcessLocal
-from ._result import TaskResult
+from ._result import TaskResult, logger
 
 _Queue = SimpleQueue[TaskResult[t.Any] | None]
 _pool_numbers = itertools.count()
@@ -125,44 +125,61 @@ class WorkerPool(ProcessLocal):
             finally:
                 self._joiners -= 1
 
-    def shutdown(
-        self, wait: bool = True, cancel_pending: bool = False, timeout: float | None = None
-    ) -> bool:
-        """Stop accepting tasks and let the workers exit once the queue is empty.
+    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
+        """Stop accepting tasks; the workers exit once the queue is empty.
 
         Safe to call more than once, from any thread.
 
-        :param wait: Wait for the worker threads to exit.
         :param cancel_pending: Cancel the queued tasks instead of running them.
-        :param timeout: With ``wait``, the most seconds to wait.
-        :return: ``True`` if every worker has exited (always with ``wait``
-            and no timeout).
+        :return: The tasks it cancelled.
         """
         self._check_process()
         with self._lock:
             self._closed = True
-            threads = list(self._threads)
-        if cancel_pending:
-            self._cancel_queued()
+        cancelled = self._cancel_queued() if cancel_pending else []
         # One sentinel; each worker puts it back for the next before exiting.
         self._queue.put(None)
-        if not wait:
-            return not threads
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return cancelled
+
+    def wait(self, deadline: float | None = None) -> bool:
+        """After :meth:`close`, wait for the workers to exit.
+
+        :param deadline: A :func:`time.monotonic` time to give up at.
+        :return: ``True`` if every worker has exited.
+        """
+        with self._lock:
+            threads = list(self._threads)
         for thread in threads:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            thread.join(left)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
 
-    def _cancel_queued(self) -> None:
+    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
+        """At the shutdown deadline: cancel the tasks still queued and end
+        the ones still running (see :meth:`TaskResult._interrupt`).
+
+        :return: The cancelled and the interrupted tasks.
+        """
+        cancelled: list[TaskResult[t.Any]] = []
+        interrupted: list[TaskResult[t.Any]] = []
+        for result in self.unfinished():
+            if result.cancel():
+                logger.warning("Task %r was still queued at the shutdown deadline and was cancelled.", result)
+                cancelled.append(result)
+            elif result._interrupt():
+                interrupted.append(result)
+        return cancelled, interrupted
+
+    def _cancel_queued(self) -> list[TaskResult[t.Any]]:
+        cancelled: list[TaskResult[t.Any]] = []
         while True:
             try:
                 result = self._queue.get_nowait()
             except Empty:
-                return
+                return cancelled
             if result is None:
                 continue
-            result.cancel()
+            if result.cancel():
+                cancelled.append(result)
             self._task_done(result)
 
 

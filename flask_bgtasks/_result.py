@@ -23,7 +23,8 @@ from contextvars import Context
 from datetime import datetime, timezone
 
 from ._current import running_task
-from ._errors import TaskCancelled
+from ._errors import TaskCancelled, TaskTimeout
+from ._timeouts import watchdog
 
 R = t.TypeVar("R")
 
@@ -96,11 +97,17 @@ class TaskResult(Future[R]):
     # Set by __init__ and removed by _claim(), by whoever will run or cancel it.
     _job: Job
 
-    def __init__(self, name: str, job: Job, owner: TaskOwner | None = None) -> None:
+    def __init__(
+        self, name: str, job: Job, owner: TaskOwner | None = None, timeout: float | None = None
+    ) -> None:
         super().__init__()
         #: The task's name, ``module.function`` unless given.
         self.name = name
+        #: Seconds the task may run before it is ended with
+        #: :class:`~flask_bgtasks.TaskTimeout`, or ``None``.
+        self.timeout = timeout
         self._job = job
+        self._unpublished = True
         self._owner = owner
         self._status = TaskStatus.QUEUED
         self._submitted = time.time()
@@ -265,6 +272,8 @@ class TaskResult(Future[R]):
         self._started = time.time()
         self._status = TaskStatus.RUNNING
         self.set_running_or_notify_cancel()
+        if self.timeout is not None:
+            watchdog.watch(self, self.timeout)
         # A fresh context: nothing set by the submitter or by an earlier task
         # in this thread is visible, and nothing the task sets outlives it.
         Context().run(self._call_job, job)
@@ -281,12 +290,26 @@ class TaskResult(Future[R]):
             else:
                 self._fail(exc)
 
-    def _succeed(self, value: R) -> None:
+    def _publish(self) -> bool:
+        # dict.pop is atomic, so of the task itself, its timeout and the
+        # shutdown deadline, exactly one publishes the outcome.
+        return self.__dict__.pop("_unpublished", False)  # type: ignore[no-any-return]
+
+    def _succeed(self, value: R) -> bool:
+        """Publish the return value; ``False`` if the task was already ended."""
+        if not self._publish():
+            logger.info("Task %r returned after it was ended; the value is discarded.", self)
+            return False
         self._finished = time.time()
         self._status = TaskStatus.SUCCEEDED
         self.set_result(value)
+        return True
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException) -> bool:
+        """Publish the exception; ``False`` if the task was already ended."""
+        if not self._publish():
+            logger.info("Task %r raised %r after it was ended; it is discarded.", self, exc)
+            return False
         self._finished = time.time()
         if isinstance(exc, CancelledError):
             self._status = TaskStatus.CANCELLED
@@ -300,4 +323,43 @@ class TaskResult(Future[R]):
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
         self.set_exception(exc)
+        return True
 
+    def _end(self, exc: TaskCancelled | TaskTimeout) -> bool:
+        """End a running task from outside: ask it to stop, and publish
+        ``exc`` now rather than when the function returns, which may be
+        never. Python cannot stop a thread, so the worker stays busy until
+        then, but the outcome is final and waiters are released.
+
+        :return: ``False`` if the task had already finished.
+        """
+        self._cancel_requested = True
+        if not self._publish():
+            return False
+        self._finished = time.time()
+        if isinstance(exc, CancelledError):
+            self._status = TaskStatus.CANCELLED
+            logger.warning("%s", exc)
+        else:
+            self._status = TaskStatus.FAILED
+            logger.error("%s", exc)
+        self.set_exception(exc)
+        return True
+
+    def _time_out(self) -> None:
+        self._end(
+            TaskTimeout(
+                f"Task {self.name!r} (id {self.id}) did not finish within its"
+                f" timeout of {self.timeout:g} s. It was asked to stop; its worker"
+                " thread stays busy until the function returns."
+            )
+        )
+
+    def _interrupt(self) -> bool:
+        return self._end(
+            TaskCancelled(
+                f"Task {self.name!r} (id {self.id}) was still running at the"
+                " shutdown deadline and was interrupted. It was asked to stop;"
+                " the process exits without waiting for it."
+            )
+        )

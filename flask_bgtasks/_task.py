@@ -6,6 +6,7 @@ import collections
 import functools
 import inspect
 import itertools
+import os
 import time
 import typing as t
 
@@ -46,6 +47,7 @@ class Task(t.Generic[P, R]):
         pool: str = DEFAULT_POOL,
         copy_request: bool = False,
         copy_g: t.Iterable[str] = (),
+        timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise InvalidTaskError(
@@ -75,7 +77,16 @@ class Task(t.Generic[P, R]):
                 f"Task {name!r}: 'copy_g' must be a list of attribute names of"
                 f" 'g', such as ['user_id'], got {copy_g!r}."
             )
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'timeout' must be a number of seconds above 0,"
+                f" or None, got {timeout!r}."
+            )
         self.fn = fn
+        #: Seconds the task may run, or ``None``.
+        self.timeout = timeout
         #: The task's name, in logs and on its results.
         self.name = name
         #: The name of the pool it runs on.
@@ -180,10 +191,12 @@ class Task(t.Generic[P, R]):
         kwargs: dict[str, t.Any],
     ) -> TaskResult[R]:
         state = self._extension._get_state(app)
+        if state.pid != os.getpid():
+            state.enter_process()
         if args or kwargs:
             check_arguments(self.name, args, kwargs)
         job = functools.partial(run_task, app, self.fn, args, kwargs, captured)
-        result: TaskResult[R] = TaskResult(self.name, job, state)
+        result: TaskResult[R] = TaskResult(self.name, job, state, self.timeout)
         state.backend.submit(result, self.pool)
         if signals.task_submitted.receivers:
             signals.task_submitted.send(app, task=result)

@@ -44,8 +44,26 @@ class Backend(abc.ABC):
         """Wait until no task is queued or running; ``False`` at the timeout."""
 
     @abc.abstractmethod
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
-        """Stop accepting tasks; with ``wait``, wait for the accepted ones."""
+    def unfinished(self) -> list[TaskResult[t.Any]]:
+        """The accepted tasks that have not finished."""
+
+    # Shutdown comes in three steps, so that the extension can take every
+    # app's backend through each step together, under one deadline.
+
+    @abc.abstractmethod
+    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
+        """Accept no more tasks; with ``cancel_pending``, cancel the queued
+        ones and return them. Safe to call more than once."""
+
+    @abc.abstractmethod
+    def wait(self, deadline: float | None = None) -> bool:
+        """After :meth:`close`, wait until the accepted tasks are done, until
+        the :func:`time.monotonic` ``deadline``; ``True`` if they are."""
+
+    @abc.abstractmethod
+    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
+        """At the deadline: cancel what is queued, end what is running.
+        Returns the cancelled and the interrupted tasks."""
 
     def unknown_pool(self, pool: str) -> UsageError:
         """The error for a task that names a pool this app does not have."""

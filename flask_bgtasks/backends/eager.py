@@ -37,5 +37,15 @@ class EagerBackend(Backend):
     def join(self, timeout: float | None = None) -> bool:
         return True
 
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+    def unfinished(self) -> list[TaskResult[t.Any]]:
+        return []
+
+    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
         self._closed = True
+        return []
+
+    def wait(self, deadline: float | None = None) -> bool:
+        return True
+
+    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
+        return [], []

@@ -42,9 +42,20 @@ class ThreadBackend(Backend):
                 return False
         return True
 
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+    def unfinished(self) -> list[TaskResult[t.Any]]:
+        return [result for pool in self.pools.values() for result in pool.unfinished()]
+
+    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
+        return [result for pool in self.pools.values() for result in pool.close(cancel_pending)]
+
+    def wait(self, deadline: float | None = None) -> bool:
+        return all([pool.wait(deadline) for pool in self.pools.values()])
+
+    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
+        cancelled: list[TaskResult[t.Any]] = []
+        interrupted: list[TaskResult[t.Any]] = []
         for pool in self.pools.values():
-            pool.shutdown(wait=False, cancel_pending=cancel_pending)
-        if wait:
-            for pool in self.pools.values():
-                pool.shutdown(wait=True)
+            pool_cancelled, pool_interrupted = pool.interrupt()
+            cancelled += pool_cancelled
+            interrupted += pool_interrupted
+        return cancelled, interrupted

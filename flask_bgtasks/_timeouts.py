@@ -1,0 +1,75 @@
+"""Per-task timeouts: one watchdog thread ends tasks that run too long.
+
+Knows nothing of Flask. The thread starts with the first task that has a
+timeout and exits as soon as no such task is running, so an app that uses no
+timeouts never has it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+import typing as t
+from concurrent.futures import Future
+
+from ._process import ProcessLocal
+
+if t.TYPE_CHECKING:
+    from ._result import TaskResult
+
+
+class Watchdog(ProcessLocal):
+    """Call ``result._time_out()`` on each watched result still running at
+    its deadline."""
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # (deadline, tie-breaker, result), earliest first.
+        self._heap: list[tuple[float, int, TaskResult[t.Any]]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, result: TaskResult[t.Any], seconds: float) -> None:
+        """End ``result`` if it is still running ``seconds`` from now."""
+        self._check_process()
+        with self._lock:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), result))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="bgtasks-timeouts", daemon=True
+                )
+                self._thread.start()
+            else:
+                self._changed.notify()
+        # Future's own method: bookkeeping that needs no app context. A task
+        # that finishes early wakes the thread, which can then exit.
+        Future.add_done_callback(result, self._finished)
+
+    def _finished(self, result: Future[t.Any]) -> None:
+        with self._lock:
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                # Finished tasks need no watching: drop them.
+                self._heap = [entry for entry in self._heap if not entry[2].done()]
+                heapq.heapify(self._heap)
+                now = time.monotonic()
+                expired = []
+                while self._heap and self._heap[0][0] <= now:
+                    expired.append(heapq.heappop(self._heap)[2])
+                if not expired:
+                    if not self._heap:
+                        self._thread = None
+                        return
+                    self._changed.wait(self._heap[0][0] - now)
+                    continue
+            for result in expired:
+                result._time_out()
+
+
+watchdog = Watchdog()
