@@ -12,6 +12,7 @@ from ._errors import (
     QueueFull,
     ShutdownError,
     TaskCancelled,
+    TaskTimeout,
     UsageError,
 )
 from ._extension import BGTasks

@@ -22,6 +22,8 @@ def test_defaults_are_set_in_config() -> None:
     assert app.config["BGTASKS_RESULT_TTL"] == 3600
     assert app.config["BGTASKS_MAX_RESULTS"] == 10_000
     assert app.config["BGTASKS_EAGER"] is False
+    assert app.config["BGTASKS_SHUTDOWN_TIMEOUT"] == 20.0
+    assert app.config["BGTASKS_SHUTDOWN_QUEUED"] == "run"
     assert isinstance(app.config["BGTASKS_MAX_WORKERS"], int)
     assert app.config["BGTASKS_MAX_WORKERS"] >= 1
 
@@ -34,6 +36,8 @@ def test_valid_values_are_accepted() -> None:
         BGTASKS_RESULT_TTL=0.5,
         BGTASKS_MAX_RESULTS=0,
         BGTASKS_EAGER=True,
+        BGTASKS_SHUTDOWN_TIMEOUT=0,
+        BGTASKS_SHUTDOWN_QUEUED="cancel",
     )
 
 
@@ -63,6 +67,10 @@ def test_valid_values_are_accepted() -> None:
         ("BGTASKS_MAX_RESULTS", None, ConfigTypeError, "whole number"),
         ("BGTASKS_EAGER", 1, ConfigTypeError, "True or False"),
         ("BGTASKS_EAGER", "false", ConfigTypeError, "True or False"),
+        ("BGTASKS_SHUTDOWN_TIMEOUT", None, ConfigTypeError, "number of seconds of at least 0;"),
+        ("BGTASKS_SHUTDOWN_TIMEOUT", -1, ConfigError, "at least 0"),
+        ("BGTASKS_SHUTDOWN_QUEUED", "drop", ConfigError, "one of 'run', 'cancel'; got 'drop'"),
+        ("BGTASKS_SHUTDOWN_QUEUED", 1, ConfigError, "one of 'run', 'cancel'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(

@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import current_app
+from flask import Flask
+
+from flask_bgtasks import BGTasks
+from flask_bgtasks import current_task
+from flask_bgtasks import InvalidTaskError
+from flask_bgtasks import ShutdownError
+from flask_bgtasks import ShutdownSummary
+from flask_bgtasks import TaskCancelled
+from flask_bgtasks import TaskStatus
+from flask_bgtasks import TaskTimeout
+from flask_bgtasks import UsageError
+
+
+def test_shutdown_drains_and_reports(
+    make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=1)
+    with app.app_context():
+        running = bg.submit(gate)
+        gate.wait_entered()
+        queued = [bg.submit(int, str(n)) for n in range(3)]
+    gate.open()
+    summary = bg.shutdown(timeout=10)
+    assert summary == ShutdownSummary(finished=4)
+    assert running.status is TaskStatus.SUCCEEDED
+    assert [result.result(0) for result in queued] == [0, 1, 2]
+
+
+def test_shutdown_deadline_cancels_queued_and_interrupts_running(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    gate: t.Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=1)
+    with app.app_context():
+        stuck = bg.submit(gate)
+        gate.wait_entered()
+        queued = bg.submit(int)
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        summary = bg.shutdown(timeout=0.1)
+    assert summary.finished == 0
+    assert summary.cancelled == [queued.id]
+    assert summary.interrupted == [stuck.id]
+    assert queued.status is TaskStatus.CANCELLED
+    assert stuck.status is TaskStatus.CANCELLED
+    assert stuck.cancel_requested
+    with pytest.raises(TaskCancelled, match="still running at the shutdown deadline"):
+        stuck.result(0)
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    assert stuck.id in messages and queued.id in messages
+    # The stuck function returns later: its outcome is discarded, not raised.
+    gate.open()
+    assert bg.shutdown(timeout=5) == ShutdownSummary()  # idempotent; threads gone
+    assert stuck.status is TaskStatus.CANCELLED
+
+
+def test_after_shutdown_submit_raises_and_starts_no_thread(
+    make_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    app = make_app()
+    bg.shutdown()
+    before = threading.active_count()
+    with app.app_context(), pytest.raises(ShutdownError, match="shut down"):
+        bg.submit(int)
+    assert threading.active_count() == before
+
+
+def test_shutdown_from_another_thread_without_waiting(
+    make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=1)
+    with app.app_context():
+        running = bg.submit(gate)
+        gate.wait_entered()
+        queued = bg.submit(int)
+    summaries: list[ShutdownSummary] = []
+    thread = threading.Thread(target=lambda: summaries.append(bg.shutdown(wait=False)))
+    thread.start()
+    thread.join(5)
+    assert sorted(summaries[0].unfinished) == sorted([running.id, queued.id])
+    gate.open()
+    assert queued.result(5) == 0  # accepted work still runs
+    assert bg.shutdown(timeout=5).interrupted == []
+
+
+def test_shutdown_cancel_pending(make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=1)
+    with app.app_context():
+        bg.submit(gate)
+        gate.wait_entered()
+        queued = [bg.submit(int) for _ in range(3)]
+    gate.open()
+    summary = bg.shutdown(cancel_pending=True, timeout=5)
+    assert sorted(summary.cancelled) == sorted(result.id for result in queued)
+    assert summary.finished == 1
+
+
+def test_shutdown_inside_a_task_raises(app: Flask, bg: BGTasks) -> None:
+    with app.app_context():
+        result = bg.submit(bg.shutdown)
+    with pytest.raises(UsageError, match="wait for that task itself"):
+        result.result(5)
+
+
+def test_on_shutdown_hooks_run_once_per_app_after_draining(
+    make_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    calls: list[tuple[str, bool]] = []
+    first = make_app("first")
+    second = make_app("second")
+    with first.app_context():
+        task = bg.submit(int)
+
+    @bg.on_shutdown
+    def hook() -> None:
+        calls.append((current_app.name, task.done()))
+
+    @bg.on_shutdown
+    def broken() -> None:
+        raise RuntimeError("hook bug")
+
+    bg.shutdown()
+    bg.shutdown()
+    assert sorted(calls) == [("first", True), ("second", True)]
+
+
+def test_task_timeout(app: Flask, bg: BGTasks, gate: t.Any) -> None:
+    seen: list[bool] = []
+
+    @bg.task(timeout=0.05)
+    def slow() -> str:
+        gate()
+        seen.append(current_task.cancel_requested)
+        return "too late"
+
+    @bg.task(timeout=5)
+    def quick() -> str:
+        return "in time"
+
+    with app.app_context():
+        result = slow.submit()
+        fast = quick.submit()
+    with pytest.raises(TaskTimeout, match="did not finish within its timeout of 0.05 s") as info:
+        result.result(5)
+    assert isinstance(info.value, TimeoutError)
+    assert result.status is TaskStatus.FAILED
+    assert fast.result(5) == "in time"
+    gate.open()
+    assert bg.join(5)
+    assert seen == [True]  # asked to stop; its value was discarded
+    assert result.status is TaskStatus.FAILED
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", True])
+def test_bad_timeout(bg: BGTasks, timeout: t.Any) -> None:
+    with pytest.raises(InvalidTaskError, match="'timeout' must be a number of seconds above 0"):
+        bg.task(timeout=timeout)(int)
+
+
+def test_install_sigterm_handler_outside_main_thread() -> None:
+    from flask_bgtasks import install_sigterm_handler
+
+    errors: list[BaseException] = []
+
+    def install() -> None:
+        try:
+            install_sigterm_handler()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=install)
+    thread.start()
+    thread.join(5)
+    assert isinstance(errors[0], UsageError)
+
+
+EXIT_SCRIPT = """
+import os, signal, sys, threading
+from flask import Flask
+from flask_bgtasks import BGTasks, current_task, install_sigterm_handler
+
+app = Flask("exit_app")
+app.config.update(
+    BGTASKS_MAX_WORKERS=2,
+    BGTASKS_SHUTDOWN_TIMEOUT=float(os.environ["DEADLINE"]),
+    BGTASKS_SHUTDOWN_QUEUED=os.environ["QUEUED"],
+)
+bg = BGTasks(app)
+started = threading.Barrier(3)
+
+@bg.task
+def stuck():
+    started.wait()
+    threading.Event().wait()  # never returns, never checks for cancellation
+
+@bg.task
+def short():
+    started.wait()
+    print("short done", flush=True)
+
+@bg.task
+def queued(n):
+    print("queued done", n, flush=True)
+
+@bg.on_shutdown
+def hook():
+    print("hook ran", flush=True)
+
+with app.app_context():
+    ids = [stuck.submit().id, short.submit().id] + [queued.submit(n).id for n in range(3)]
+print("ids", *ids, flush=True)
+started.wait()
+if os.environ.get("SIGTERM") == "1":
+    previous = []
+    signal.signal(signal.SIGTERM, lambda *a: previous.append(print("previous handler", flush=True)))
+    install_sigterm_handler()
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Event().wait(30)  # the handler's SystemExit ends this wait
+    print("not reached", flush=True)
+"""
+
+
+def run_exit_script(tmp_path: Path, **env: str) -> tuple[int, str, float]:
+    script = tmp_path / "exit_app.py"
+    script.write_text(textwrap.dedent(EXIT_SCRIPT))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize("queued_policy", ["run", "cancel"])
+def test_interpreter_exit_drains_within_the_deadline(tmp_path: Path, queued_policy: str) -> None:
+    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="1", QUEUED=queued_policy)
+    assert code == 0, output
+    assert elapsed < 8, output  # the stuck task never holds the process
+    ids = next(line.split()[1:] for line in output.splitlines() if line.startswith("ids"))
+    stuck_id = ids[0]
+    assert "short done" in output
+    assert f"(id {stuck_id}) was still running at the shutdown deadline" in output
+    assert "hook ran" in output
+    if queued_policy == "run":
+        assert output.count("queued done") == 3
+        assert "1 interrupted at the deadline" in output
+    else:
+        assert output.count("queued done") == 0
+        assert "3 cancelled while queued" in output
+
+
+def test_sigterm_helper_chains_and_drains(tmp_path: Path) -> None:
+    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="1", QUEUED="run", SIGTERM="1")
+    assert code == 0, output
+    assert "previous handler" in output
+    assert "not reached" not in output
+    assert output.count("queued done") == 3
+    assert "was still running at the shutdown deadline" in output
+    assert elapsed < 8, output
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the tests' own is untouched
