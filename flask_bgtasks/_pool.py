@@ -61,7 +61,7 @@ class WorkerPool(ProcessLocal):
         """Queue a result whose job is set. Never blocks.
 
         :raises QueueFull: If ``queue_size`` tasks are already waiting.
-        :raises ShutdownError: After :meth:`shutdown`.
+        :raises ShutdownError: After :meth:`close`.
         """
         self._check_process()
         with self._lock:
