@@ -154,8 +154,11 @@ def _seconds(key: str, value: object, none: bool = True) -> float | None:
 
 
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}; got {_show(value)}.")
+    accepted = ", ".join(map(repr, choices))
+    if not isinstance(value, str):
+        raise ConfigTypeError(f"{key} must be one of {accepted}; got {_show(value)}.")
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {accepted}; got {_show(value)}.")
     return value
 
 

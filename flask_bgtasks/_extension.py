@@ -48,14 +48,17 @@ class _AppState:
         backend_class = EagerBackend if config.eager else ThreadBackend
         self.backend: Backend = backend_class(config.pools, app.name)
         self.store: TaskStore = MemoryStore(config.result_ttl, config.max_results)
-        self.pid = os.getpid()
+        #: The process that submitted to this app last; ``None`` before any.
+        #: A Gunicorn master with ``--preload`` or the reloader's watcher
+        #: never submits, so the drain at exit leaves it alone.
+        self.active_pid: int | None = None
         self.hooks_ran = False
 
     def enter_process(self) -> None:
-        """The first submit in a forked process: refuse a fork that dies
-        with its request, since its tasks could never run."""
+        """The first submit in this process. Refuse a process forked for
+        one request, since its tasks could never run."""
         check_not_forking_per_request()
-        self.pid = os.getpid()
+        self.active_pid = os.getpid()
 
     def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
         self.store.add(task_id, result)
@@ -257,7 +260,8 @@ class BGTasks:
     def on_shutdown(self, fn: F) -> F:
         """Register a function to call once per app, in its app context,
         after its pools have drained: by the first :meth:`shutdown` that
-        waits, or at interpreter exit. Its exceptions are logged.
+        waits, or at interpreter exit in a process that submitted tasks to
+        that app. Its exceptions are logged.
 
         .. code-block:: python
 
@@ -297,6 +301,7 @@ class BGTasks:
 
     def _drain_at_exit(self) -> None:
         start = time.monotonic()
+        pid = os.getpid()
         plan = [
             (
                 state,
@@ -304,6 +309,7 @@ class BGTasks:
                 start + state.config.shutdown_timeout,
             )
             for state in list(self._apps.values())
+            if state.active_pid == pid
         ]
         summary = self._shutdown(plan, wait=True)
         if summary.cancelled or summary.interrupted:

@@ -110,6 +110,7 @@ class WorkerPool(ProcessLocal):
 
     def unfinished(self) -> list[TaskResult[t.Any]]:
         """The accepted tasks that have not finished yet."""
+        self._check_process()
         return list(self._in_flight)
 
     def join(self, timeout: float | None = None) -> bool:
@@ -163,7 +164,11 @@ class WorkerPool(ProcessLocal):
         interrupted: list[TaskResult[t.Any]] = []
         for result in self.unfinished():
             if result.cancel():
-                logger.warning("Task %r was still queued at the shutdown deadline and was cancelled.", result)
+                logger.warning(
+                    "Task %r (id %s) was still queued at the shutdown deadline and was cancelled.",
+                    result.name,
+                    result.id,
+                )
                 cancelled.append(result)
             elif result._interrupt():
                 interrupted.append(result)

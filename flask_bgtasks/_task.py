@@ -191,7 +191,7 @@ class Task(t.Generic[P, R]):
         kwargs: dict[str, t.Any],
     ) -> TaskResult[R]:
         state = self._extension._get_state(app)
-        if state.pid != os.getpid():
+        if state.active_pid != os.getpid():
             state.enter_process()
         if args or kwargs:
             check_arguments(self.name, args, kwargs)

@@ -70,7 +70,7 @@ def test_valid_values_are_accepted() -> None:
         ("BGTASKS_SHUTDOWN_TIMEOUT", None, ConfigTypeError, "number of seconds of at least 0;"),
         ("BGTASKS_SHUTDOWN_TIMEOUT", -1, ConfigError, "at least 0"),
         ("BGTASKS_SHUTDOWN_QUEUED", "drop", ConfigError, "one of 'run', 'cancel'; got 'drop'"),
-        ("BGTASKS_SHUTDOWN_QUEUED", 1, ConfigError, "one of 'run', 'cancel'"),
+        ("BGTASKS_SHUTDOWN_QUEUED", 1, ConfigTypeError, "one of 'run', 'cancel'"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(
