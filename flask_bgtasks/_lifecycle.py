@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import signal
 import threading
 import typing as t
@@ -36,6 +37,8 @@ class ShutdownSummary:
     #: ``wait=False``.
     unfinished: list[str] = dataclasses.field(default_factory=list)
 
+
+logger = logging.getLogger("flask_bgtasks")
 
 _instances: weakref.WeakSet[BGTasks] = weakref.WeakSet()
 _registered = threading.Lock()
@@ -90,8 +93,17 @@ def install_sigterm_handler() -> None:
     previous = signal.getsignal(signal.SIGTERM)
 
     def handle(signum: int, frame: FrameType | None) -> None:
+        # A second SIGTERM would raise SystemExit inside the drain and lose
+        # the tasks; the drain's deadline bounds the exit already.
+        signal.signal(signal.SIGTERM, _already_exiting)
         if callable(previous):
             previous(signum, frame)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, handle)
+
+
+def _already_exiting(signum: int, frame: FrameType | None) -> None:
+    logger.warning(
+        "SIGTERM received again; already exiting, within BGTASKS_SHUTDOWN_TIMEOUT."
+    )

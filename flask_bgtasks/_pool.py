@@ -56,6 +56,8 @@ class WorkerPool(ProcessLocal):
         self._in_flight: set[TaskResult[t.Any]] = set()
         self._joiners = 0
         self._closed = False
+        # Set at the shutdown deadline: from then on workers start nothing.
+        self._past_deadline = threading.Event()
 
     def submit(self, result: TaskResult[t.Any]) -> None:
         """Queue a result whose job is set. Never blocks.
@@ -91,7 +93,7 @@ class WorkerPool(ProcessLocal):
 
         thread = threading.Thread(
             target=_work,
-            args=(weakref.ref(self, wake), queue),
+            args=(weakref.ref(self, wake), queue, self._past_deadline),
             name=f"bgtasks-{self.name}-{self._number}_{len(self._threads)}",
             # Daemon threads, so that a stuck task can't keep the process
             # alive; draining at exit is the shutdown's job.
@@ -160,10 +162,13 @@ class WorkerPool(ProcessLocal):
 
         :return: The cancelled and the interrupted tasks.
         """
+        # First stop the workers from starting queued tasks, or a worker that
+        # is freed while this runs would start one after the deadline.
+        self._past_deadline.set()
         cancelled: list[TaskResult[t.Any]] = []
         interrupted: list[TaskResult[t.Any]] = []
         for result in self.unfinished():
-            if result.cancel():
+            if result._cancel_queued():
                 logger.warning(
                     "Task %r (id %s) was still queued at the shutdown deadline and was cancelled.",
                     result.name,
@@ -188,12 +193,15 @@ class WorkerPool(ProcessLocal):
             self._task_done(result)
 
 
-def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue) -> None:
+def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue, past_deadline: threading.Event) -> None:
     while True:
         result = queue.get()
         if result is None:
             queue.put(None)
             return
+        if past_deadline.is_set():
+            # Left in the in-flight set, where interrupt() cancels it.
+            continue
         job = result._claim()
         if job is not None:
             result._run(job)

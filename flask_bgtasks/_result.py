@@ -181,19 +181,23 @@ class TaskResult(Future[R]):
         it, and the call returns ``False``, as for any running future. A
         finished task is left as it is.
         """
-        if self._claim() is not None:
-            # The job is ours, so no worker will ever run it.
-            self._finished = time.time()
-            self._status = TaskStatus.CANCELLED
-            super().cancel()
-            if self._owner is not None:
-                self._owner.cancelled(self)
-            return True
-        if self._status is TaskStatus.CANCELLED:
+        if self._cancel_queued() or self._status is TaskStatus.CANCELLED:
             return True
         if not self.done():
             self._cancel_requested = True
         return False
+
+    def _cancel_queued(self) -> bool:
+        """Cancel the task if it has not started; ``True`` if this call did."""
+        if self._claim() is None:
+            return False
+        # The job is ours, so no worker will ever run it.
+        self._finished = time.time()
+        self._status = TaskStatus.CANCELLED
+        super().cancel()
+        if self._owner is not None:
+            self._owner.cancelled(self)
+        return True
 
     def cancelled(self) -> bool:
         """``True`` if the task was cancelled, before or while running."""

@@ -70,6 +70,30 @@ def test_shutdown_deadline_cancels_queued_and_interrupts_running(
     assert stuck.status is TaskStatus.CANCELLED
 
 
+def test_no_queued_task_starts_after_the_deadline(
+    make_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=2)
+    started: list[str] = []
+
+    @bg.task
+    def until_stopped() -> None:
+        # Returns the moment it is asked to stop, freeing its worker while
+        # the deadline is being handled: no queued task may start then.
+        started.append(current_task.id)
+        tick = threading.Event()
+        while not current_task.cancel_requested:
+            tick.wait(0.001)
+
+    with app.app_context():
+        results = [until_stopped.submit() for _ in range(30)]
+    summary = bg.shutdown(timeout=0.1)
+    assert len(started) == 2
+    assert sorted(summary.interrupted) == sorted(started)
+    assert len(summary.cancelled) == 28
+    assert all(result.status is TaskStatus.CANCELLED for result in results)
+
+
 def test_after_shutdown_submit_raises_and_starts_no_thread(
     make_app: t.Callable[..., Flask], bg: BGTasks
 ) -> None:
