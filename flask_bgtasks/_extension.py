@@ -21,6 +21,7 @@ from ._lifecycle import ShutdownSummary, drain_at_exit
 from ._result import TaskStatus
 from ._store import MemoryStore, TaskStore
 from ._task import Task
+from ._uwsgi import check_uwsgi
 from .backends import Backend
 from .backends.eager import EagerBackend
 from .backends.threads import ThreadBackend
@@ -118,7 +119,10 @@ class BGTasks:
                 " Call init_app() once per app, or use the BGTasks instance"
                 " that app.extensions['bgtasks'] holds."
             )
-        state = _AppState(app, _config.load(app.config))
+        config = _config.load(app.config)
+        if not config.eager:  # eager mode starts no thread
+            check_uwsgi(config.shutdown_timeout)
+        state = _AppState(app, config)
         self._apps[app] = state
         app.extensions["bgtasks"] = self
         # An app that is gone has no queued tasks (each holds its app), so
