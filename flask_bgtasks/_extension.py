@@ -315,6 +315,16 @@ class BGTasks:
             for state in list(self._apps.values())
             if state.active_pid == pid
         ]
+        pending = [result.id for state, _, _ in plan for result in state.backend.unfinished()]
+        if pending:
+            # Named up front, so that a kill before the deadline (a server's
+            # own timeout, say) still leaves a trace of what was lost.
+            logger.warning(
+                "Draining %d background tasks at exit, for at most %g s: %s",
+                len(pending),
+                max(deadline for _, _, deadline in plan) - start,
+                ", ".join(pending),
+            )
         summary = self._shutdown(plan, wait=True)
         if summary.cancelled or summary.interrupted:
             logger.warning(

@@ -113,7 +113,9 @@ class WorkerPool(ProcessLocal):
     def unfinished(self) -> list[TaskResult[t.Any]]:
         """The accepted tasks that have not finished yet."""
         self._check_process()
-        return list(self._in_flight)
+        # A task cancelled while queued stays in the set until a worker
+        # takes it off the queue, which after the deadline never happens.
+        return [result for result in list(self._in_flight) if not result.done()]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task is queued or running.
@@ -169,11 +171,7 @@ class WorkerPool(ProcessLocal):
         interrupted: list[TaskResult[t.Any]] = []
         for result in self.unfinished():
             if result._cancel_queued():
-                logger.warning(
-                    "Task %r (id %s) was still queued at the shutdown deadline and was cancelled.",
-                    result.name,
-                    result.id,
-                )
+                _log_cancelled(result, "was still queued at the shutdown deadline")
                 cancelled.append(result)
             elif result._interrupt():
                 interrupted.append(result)
@@ -188,9 +186,14 @@ class WorkerPool(ProcessLocal):
                 return cancelled
             if result is None:
                 continue
-            if result.cancel():
+            if result._cancel_queued():
+                _log_cancelled(result, "was queued at shutdown")
                 cancelled.append(result)
             self._task_done(result)
+
+
+def _log_cancelled(result: TaskResult[t.Any], when: str) -> None:
+    logger.warning("Task %r (id %s) %s and was cancelled.", result.name, result.id, when)
 
 
 def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue, past_deadline: threading.Event) -> None:
