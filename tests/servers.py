@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def thread_count(pid: int) -> int | None:
+    """How many threads the process has, where ``/proc`` tells."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE)
+    return int(match[1]) if match else None
 
 
 def wait_for(condition: t.Callable[[], object], timeout: float, what: str) -> None:
@@ -110,6 +121,13 @@ class Server:
             return status, json.loads(text), headers
         except ValueError:
             return status, text, headers
+
+    def submit_tasks(self, seconds: float, count: int = 1) -> tuple[list[str], int]:
+        """Submit ``count`` tasks of the test app over HTTP; return their ids
+        and the pid of the process that took them."""
+        status, body, _ = self.request(f"/tasks?seconds={seconds}&count={count}", "POST")
+        assert status == 200, body
+        return list(body["ids"]), int(body["pid"])
 
     def wait_output(self, text: str, timeout: float = 30) -> None:
         wait_for(lambda: text in self.output, timeout, f"{text!r} in the server output:\n{self.output}")

@@ -6,16 +6,9 @@ import threading
 import typing as t
 
 import pytest
-from flask import current_app
-from flask import Flask
-from flask import g
-from flask import request
-from flask import url_for
+from flask import Flask, current_app, g, request, url_for
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import current_task
-from flask_bgtasks import TaskResult
-from flask_bgtasks import UsageError
+from flask_bgtasks import BGTasks, TaskResult, UsageError, current_task
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 

@@ -4,14 +4,9 @@ import threading
 import typing as t
 
 import pytest
-from flask import current_app
-from flask import Flask
-from flask import g
+from flask import Flask, current_app, g
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import ShutdownError
-from flask_bgtasks import TaskStatus
-from flask_bgtasks import UsageError
+from flask_bgtasks import BGTasks, ShutdownError, TaskStatus, UsageError
 
 
 @pytest.fixture

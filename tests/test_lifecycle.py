@@ -12,18 +12,19 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from flask import current_app
-from flask import Flask
+from flask import Flask, current_app
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import current_task
-from flask_bgtasks import InvalidTaskError
-from flask_bgtasks import ShutdownError
-from flask_bgtasks import ShutdownSummary
-from flask_bgtasks import TaskCancelled
-from flask_bgtasks import TaskStatus
-from flask_bgtasks import TaskTimeout
-from flask_bgtasks import UsageError
+from flask_bgtasks import (
+    BGTasks,
+    InvalidTaskError,
+    ShutdownError,
+    ShutdownSummary,
+    TaskCancelled,
+    TaskStatus,
+    TaskTimeout,
+    UsageError,
+    current_task,
+)
 
 
 def test_shutdown_drains_and_reports(
@@ -100,8 +101,9 @@ def test_after_shutdown_submit_raises_and_starts_no_thread(
     app = make_app()
     bg.shutdown()
     before = threading.active_count()
-    with app.app_context(), pytest.raises(ShutdownError, match="shut down"):
+    with app.app_context(), pytest.raises(ShutdownError, match="shut down") as info:
         bg.submit(int)
+    assert isinstance(info.value, RuntimeError)
     assert threading.active_count() == before
 
 
@@ -147,7 +149,7 @@ def test_on_shutdown_hooks_run_once_per_app_after_draining(
 ) -> None:
     calls: list[tuple[str, bool]] = []
     first = make_app("first")
-    second = make_app("second")
+    make_app("second")  # registered, never given a task
     with first.app_context():
         task = bg.submit(int)
 

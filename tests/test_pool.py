@@ -8,11 +8,7 @@ import pytest
 from flask import Flask
 from werkzeug.exceptions import ServiceUnavailable
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import BGTasksError
-from flask_bgtasks import QueueFull
-from flask_bgtasks import ShutdownError
-from flask_bgtasks import TaskStatus
+from flask_bgtasks import BGTasks, BGTasksError, QueueFull, TaskStatus
 
 
 def thread_name() -> str:
@@ -138,47 +134,6 @@ def test_waiting_on_a_queued_task_inside_a_saturated_pool_runs_it_inline(
         outer_thread, inner_thread = outer.submit().result(5)
     assert outer_thread == inner_thread
     assert bg.join(5)
-
-
-def test_shutdown_refuses_new_work_and_is_idempotent(
-    make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
-) -> None:
-    app = make_app(BGTASKS_MAX_WORKERS=1)
-    with app.app_context():
-        running = bg.submit(gate)
-        gate.wait_entered()
-        queued = bg.submit(int, "1")
-    gate.open()
-    bg.shutdown()
-    bg.shutdown()
-    assert running.status is TaskStatus.SUCCEEDED
-    assert queued.result(0) == 1  # queued work was drained, not dropped
-    threads_before = threading.active_count()
-    with app.app_context(), pytest.raises(ShutdownError, match="shut down"):
-        bg.submit(int)
-    assert isinstance(ShutdownError("x"), RuntimeError)
-    assert threading.active_count() == threads_before
-
-
-def test_shutdown_can_cancel_pending(
-    make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
-) -> None:
-    app = make_app(BGTASKS_MAX_WORKERS=1)
-    with app.app_context():
-        running = bg.submit(gate)
-        gate.wait_entered()
-        queued = [bg.submit(int) for _ in range(5)]
-    done = threading.Thread(target=bg.shutdown, kwargs={"cancel_pending": True})
-    done.start()
-    # The queue is emptied before the shutdown waits for the running task.
-    for result in queued:
-        with pytest.raises(Exception):
-            result.result(5)
-        assert result.status is TaskStatus.CANCELLED
-    gate.open()
-    done.join(5)
-    assert not done.is_alive()
-    assert running.status is TaskStatus.SUCCEEDED
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads, 3.12+

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.server_apps.taskapp import read_log
-from tests.servers import BIN, Server, wait_for
+from tests.servers import BIN, Server, thread_count, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 
@@ -35,25 +35,12 @@ def flask_run(cwd: Path, log: Path, **env: str) -> Server:
     )
 
 
-def submit(server: Server, seconds: float, count: int = 1) -> list[str]:
-    status, body, _ = server.request(f"/tasks?seconds={seconds}&count={count}", "POST")
-    assert status == 200, body
-    return list(body["ids"])
-
-
 def serving_pid(server: Server) -> int | None:
     try:
         status, body, _ = server.request("/pid", timeout=1)
     except OSError:  # between two children
         return None
     return int(body["pid"]) if status == 200 else None
-
-
-def thread_count(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE)
-    assert match is not None, status
-    return int(match[1])
 
 
 def test_reloader_watcher_never_starts_a_pool(tmp_path: Path) -> None:
@@ -65,7 +52,7 @@ def test_reloader_watcher_never_starts_a_pool(tmp_path: Path) -> None:
         watcher = server.process.pid
         child = serving_pid(server)
         assert child is not None and child != watcher
-        ids = submit(server, seconds=0.5, count=4)
+        ids = server.submit_tasks(seconds=0.5, count=4)[0]
         watcher_threads = []
 
         def all_done() -> bool:
@@ -89,7 +76,7 @@ def test_source_change_restarts_after_the_deadline(tmp_path: Path) -> None:
     with flask_run(tmp_path, log, FLASK_BGTASKS_SHUTDOWN_TIMEOUT=str(deadline)) as server:
         server.wait_ready("/pid")
         old_child = serving_pid(server)
-        [task_id] = submit(server, seconds=30)
+        [task_id] = server.submit_tasks(seconds=30)[0]
         wait_for(lambda: read_log(log), 10, "the task to start")
 
         before = source.stat().st_mtime_ns

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +21,8 @@ import pytest
 
 gunicorn_package = pytest.importorskip("gunicorn")
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "server_apps"))
-
-from servers import BIN, Server, wait_for  # noqa: E402
-from taskapp import read_log  # noqa: E402
+from tests.server_apps.taskapp import read_log
+from tests.servers import BIN, Server, thread_count, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 WORKER_OPTIONS = {
@@ -69,13 +65,6 @@ def task_env(log: Path, **config: str) -> dict[str, str]:
 def events(log: Path, event: str) -> dict[str, int]:
     """The tasks that wrote ``event``, with the pid that wrote it."""
     return {task_id: pid for name, task_id, pid in read_log(log) if name == event}
-
-
-def submit(server: Server, seconds: float, count: int = 1) -> tuple[list[str], int]:
-    """Submit tasks over HTTP; return their ids and the pid that took them."""
-    status, body, _ = server.request(f"/tasks?seconds={seconds}&count={count}", "POST")
-    assert status == 200, body
-    return body["ids"], body["pid"]
 
 
 def pid_of(server: Server, timeout: float = 10) -> int:
@@ -135,16 +124,6 @@ def assert_no_kill(server: Server, code: int) -> None:
         assert marker not in server.output, server.output
 
 
-def thread_count(pid: int) -> int | None:
-    """How many threads the process has, where ``/proc`` tells."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^Threads:\s+(\d+)$", status, re.MULTILINE)
-    return int(match[1]) if match else None
-
-
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 @pytest.mark.parametrize("worker", ["sync", "gthread"])
 def test_tasks_run_in_the_worker_not_the_master(tmp_path: Path, worker: str, preload: bool) -> None:
@@ -159,7 +138,7 @@ def test_tasks_run_in_the_worker_not_the_master(tmp_path: Path, worker: str, pre
         assert worker_pid != master
 
         # Long enough to look at the master while they run.
-        ids, pid = submit(server, 0.5, count=3)
+        ids, pid = server.submit_tasks(0.5, count=3)
         assert pid == worker_pid
         wait_for(lambda: set(ids) <= events(log, "started").keys(), 10, "the tasks to start")
         # With --preload the master created the app, but no task thread
@@ -192,8 +171,8 @@ def test_sigterm_drains_within_graceful_timeout(tmp_path: Path, worker: str) -> 
         # of 1 s on the 2 threads left: 2 running and 8 queued, 5 s of work.
         # The deadline, 3.5 s, falls in the middle of the 4th pair of tasks,
         # not at the moment a pair ends.
-        (hanging,), worker_pid = submit(server, -1)
-        ids, _ = submit(server, 1, count=10)
+        (hanging,), worker_pid = server.submit_tasks(-1)
+        ids, _ = server.submit_tasks(1, count=10)
         wait_for(lambda: len(events(log, "started")) >= 3, 10, "3 tasks to start")
         code, took = stop(server, 20)
 
@@ -221,7 +200,7 @@ def test_sigterm_cancels_queued_tasks_when_configured(tmp_path: Path) -> None:
     env = task_env(log, MAX_WORKERS="2", SHUTDOWN_TIMEOUT="3", SHUTDOWN_QUEUED="cancel")
     with Server(gunicorn("-w", "1", "--graceful-timeout", "10"), APPS, env) as server:
         server.wait_ready("/pid")
-        ids, _ = submit(server, 1, count=5)  # 2 running, 3 queued
+        ids, _ = server.submit_tasks(1, count=5)  # 2 running, 3 queued
         wait_for(lambda: len(events(log, "started")) >= 2, 10, "2 tasks to start")
         code, took = stop(server, 20)
 
@@ -257,8 +236,8 @@ def test_max_requests_recycles_with_tasks_in_flight(tmp_path: Path, worker: str)
         server.wait_ready("/pid")  # at least 1 request
         old = pid_of(server)
         # On one thread: 1 running and 2 queued, then a stuck one.
-        ids, pid = submit(server, 0.5, count=3)
-        (hanging,), pid_hanging = submit(server, -1)
+        ids, pid = server.submit_tasks(0.5, count=3)
+        (hanging,), pid_hanging = server.submit_tasks(-1)
         assert pid == pid_hanging == old
         # More requests until the 6th restarts the worker; the next ones wait
         # for its replacement, which the master forks once the old one exits.
@@ -273,7 +252,7 @@ def test_max_requests_recycles_with_tasks_in_flight(tmp_path: Path, worker: str)
         assert new != server.process.pid
 
         # The new worker runs tasks too.
-        (later,), pid = submit(server, 0)
+        (later,), pid = server.submit_tasks(0)
         assert pid == new
         wait_for(lambda: later in events(log, "done"), 10, "the task on the new worker")
         code, _ = stop(server, 15)

@@ -41,12 +41,6 @@ def waitress(log: Path, **env: str) -> Server:
     )
 
 
-def submit(server: Server, seconds: float, count: int = 1) -> list[str]:
-    status, body, _ = server.request(f"/tasks?seconds={seconds}&count={count}", "POST")
-    assert status == 200, body
-    return list(body["ids"])
-
-
 def ids_with(log: Path, event: str) -> list[str]:
     return [task_id for name, task_id, _ in read_log(log) if name == event]
 
@@ -72,7 +66,7 @@ def test_sigterm_with_helper_runs_queued_and_running_tasks(tmp_path: Path) -> No
         FLASK_BGTASKS_SHUTDOWN_TIMEOUT=str(deadline),
     ) as server:
         server.wait_ready("/pid")
-        ids = submit(server, seconds=0.5, count=6)
+        ids = server.submit_tasks(seconds=0.5, count=6)[0]
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         started_at_signal = ids_with(log, "started")
         start = time.monotonic()
@@ -100,8 +94,8 @@ def test_sigterm_with_helper_interrupts_a_hanging_task_at_the_deadline(tmp_path:
         FLASK_BGTASKS_SHUTDOWN_TIMEOUT=str(deadline),
     ) as server:
         server.wait_ready("/pid")
-        [hanging] = submit(server, seconds=-1)
-        others = submit(server, seconds=0.3, count=3)
+        [hanging] = server.submit_tasks(seconds=-1)[0]
+        others = server.submit_tasks(seconds=0.3, count=3)[0]
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         start = time.monotonic()
         server.signal(signal.SIGTERM)
@@ -127,7 +121,7 @@ def test_sigterm_without_helper_kills_at_once(tmp_path: Path) -> None:
     log = tmp_path / "tasks.log"
     with waitress(log, FLASK_BGTASKS_MAX_WORKERS="2") as server:
         server.wait_ready("/pid")
-        submit(server, seconds=5, count=3)
+        server.submit_tasks(seconds=5, count=3)[0]
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         start = time.monotonic()
         server.signal(signal.SIGTERM)
@@ -154,7 +148,7 @@ def test_sigint_cancels_the_queue_at_the_deadline(tmp_path: Path) -> None:
         FLASK_BGTASKS_SHUTDOWN_TIMEOUT=str(deadline),
     ) as server:
         server.wait_ready("/pid")
-        ids = submit(server, seconds=0.2, count=1000)
+        ids = server.submit_tasks(seconds=0.2, count=1000)[0]
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         start = time.monotonic()
         server.signal(signal.SIGINT)

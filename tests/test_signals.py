@@ -3,13 +3,9 @@ from __future__ import annotations
 import threading
 import typing as t
 
-from flask import current_app
-from flask import Flask
+from flask import Flask, current_app
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import current_task
-from flask_bgtasks import signals
-from flask_bgtasks import TaskCancelled
+from flask_bgtasks import BGTasks, TaskCancelled, current_task, signals
 
 
 def test_signals_in_order_with_the_app_as_sender(

@@ -4,8 +4,7 @@ import typing as t
 
 from flask import Flask
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import TaskResult
+from flask_bgtasks import BGTasks, TaskResult
 from flask_bgtasks._store import MemoryStore
 
 

@@ -13,13 +13,9 @@ import os
 import threading
 import typing as t
 
-from flask import abort
-from flask import Flask
-from flask import request
+from flask import Flask, abort, request
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import current_task
-from flask_bgtasks import install_sigterm_handler
+from flask_bgtasks import BGTasks, current_task, install_sigterm_handler
 
 bg = BGTasks()
 

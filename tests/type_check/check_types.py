@@ -7,11 +7,7 @@ from concurrent.futures import Future
 
 from flask import Flask
 
-from flask_bgtasks import BGTasks
-from flask_bgtasks import current_task
-
-from flask_bgtasks import TaskResult
-from flask_bgtasks import TaskStatus
+from flask_bgtasks import BGTasks, TaskResult, TaskStatus, current_task
 
 app = Flask(__name__)
 bg = BGTasks(app)
