@@ -97,6 +97,14 @@ class TaskResult(Future[R]):
     # Set by __init__ and removed by _claim(), by whoever will run or cancel it.
     _job: Job
 
+    # Class-level defaults, replaced on the instance when they change: fewer
+    # stores in __init__, which runs on every submit.
+    _status = TaskStatus.QUEUED
+    _started: float | None = None
+    _finished: float | None = None
+    _progress: tuple[float, float | None, str | None] | None = None
+    _cancel_requested = False
+
     def __init__(
         self, name: str, job: Job, owner: TaskOwner | None = None, timeout: float | None = None
     ) -> None:
@@ -109,12 +117,7 @@ class TaskResult(Future[R]):
         self._job = job
         self._unpublished = True
         self._owner = owner
-        self._status = TaskStatus.QUEUED
         self._submitted = time.time()
-        self._started: float | None = None
-        self._finished: float | None = None
-        self._progress: tuple[float, float | None, str | None] | None = None
-        self._cancel_requested = False
 
     # The id is made the first time someone asks for it, not in ``submit``:
     # a task whose id nobody reads can't be looked up by id, so it needs
