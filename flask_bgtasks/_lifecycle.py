@@ -41,22 +41,17 @@ class ShutdownSummary:
 logger = logging.getLogger("flask_bgtasks")
 
 _instances: weakref.WeakSet[BGTasks] = weakref.WeakSet()
-_registered = threading.Lock()
-_atexit_done = False
 
 
 def drain_at_exit(extension: BGTasks) -> None:
     """Have ``extension`` drain its pools when the interpreter exits."""
-    global _atexit_done
-    with _registered:
-        _instances.add(extension)
-        if not _atexit_done:
-            # atexit handlers run after the non-daemon threads were joined
-            # and before daemon threads, like the workers, are stopped.
-            atexit.register(_drain_all)
-            _atexit_done = True
+    _instances.add(extension)
 
 
+# atexit handlers run after the non-daemon threads were joined and before
+# daemon threads, like the workers, are stopped. Registering costs nothing
+# and does nothing for an extension that was never registered on an app.
+@atexit.register
 def _drain_all() -> None:
     for extension in list(_instances):
         extension._drain_at_exit()
