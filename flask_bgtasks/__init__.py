@@ -11,12 +11,15 @@ from ._errors import (
     InvalidTaskError,
     QueueFull,
     ShutdownError,
+    StoreError,
     TaskCancelled,
+    TaskFailed,
     TaskTimeout,
     UsageError,
 )
 from ._extension import BGTasks
 from ._lifecycle import ShutdownSummary, install_sigterm_handler
+from ._record import StoredResult, TaskRecord
 from ._result import TaskResult, TaskStatus
 from ._task import Task
 
@@ -29,8 +32,12 @@ __all__ = [
     "QueueFull",
     "ShutdownError",
     "ShutdownSummary",
+    "StoreError",
+    "StoredResult",
     "Task",
     "TaskCancelled",
+    "TaskFailed",
+    "TaskRecord",
     "TaskResult",
     "TaskStatus",
     "TaskTimeout",

@@ -7,6 +7,7 @@ import os
 import typing as t
 
 from ._errors import ConfigError, ConfigTypeError
+from .stores import parse_url
 
 #: The pool a task uses unless it names another.
 DEFAULT_POOL = "default"
@@ -32,6 +33,10 @@ class Config:
     eager: bool
     shutdown_timeout: float
     shutdown_queued: str
+    #: ``("memory", None)`` or ``("sqlite", path as configured)``.
+    store: tuple[str, str | None]
+    durable: bool
+    store_lease: float
 
 
 def default_max_workers() -> int:
@@ -49,6 +54,9 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_EAGER", False)
     config.setdefault("BGTASKS_SHUTDOWN_TIMEOUT", 20.0)
     config.setdefault("BGTASKS_SHUTDOWN_QUEUED", "run")
+    config.setdefault("BGTASKS_STORE", "memory")
+    config.setdefault("BGTASKS_DURABLE", False)
+    config.setdefault("BGTASKS_STORE_LEASE", 15.0)
 
 
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
@@ -58,6 +66,14 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
     :raises ConfigError: If a value is out of range.
     """
     set_defaults(config)
+    store = parse_url(config["BGTASKS_STORE"])
+    durable = _bool("BGTASKS_DURABLE", config["BGTASKS_DURABLE"])
+    if durable and store[0] == "memory":
+        raise ConfigError(
+            "BGTASKS_DURABLE is True, but durable tasks need a store that"
+            " outlives the process, and BGTASKS_STORE is 'memory'. Set"
+            " BGTASKS_STORE = 'sqlite:///tasks.db'."
+        )
     default = PoolConfig(
         max_workers=_int("BGTASKS_MAX_WORKERS", config["BGTASKS_MAX_WORKERS"], 1),
         queue_size=_int("BGTASKS_QUEUE_SIZE", config["BGTASKS_QUEUE_SIZE"], 0, none=True),
@@ -74,6 +90,9 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         shutdown_queued=_choice(
             "BGTASKS_SHUTDOWN_QUEUED", config["BGTASKS_SHUTDOWN_QUEUED"], ("run", "cancel")
         ),
+        store=store,
+        durable=durable,
+        store_lease=_lease(config["BGTASKS_STORE_LEASE"]),
     )
 
 
@@ -151,6 +170,16 @@ def _seconds(key: str, value: object, none: bool = True) -> float | None:
     if not value >= 0:  # also rejects NaN
         raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
     return float(value)
+
+
+def _lease(value: object) -> float:
+    seconds = _seconds("BGTASKS_STORE_LEASE", value, none=False)
+    if seconds < 0.3:
+        raise ConfigError(
+            "BGTASKS_STORE_LEASE must be at least 0.3 seconds: it is renewed every"
+            f" third of itself. Got {value!r}; the default is 15."
+        )
+    return seconds
 
 
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:

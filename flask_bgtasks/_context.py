@@ -174,6 +174,8 @@ def run_task(
 def _send_outcome(app: Flask, result: TaskResult[t.Any]) -> None:
     # What was published, which is not what the function did if a timeout
     # or the shutdown deadline ended the task first.
+    if not result.done():  # it failed, and will be retried
+        return
     status = result.status
     if status is TaskStatus.SUCCEEDED:
         if signals.task_succeeded.receivers:

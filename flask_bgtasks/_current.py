@@ -58,6 +58,12 @@ class _CurrentTask:
         return _result().name
 
     @property
+    def attempt(self) -> int:
+        """Which attempt this is: 1 for the first run, one more for each
+        retry and each rerun of a durable task after its process died."""
+        return _result().attempt
+
+    @property
     def result(self) -> TaskResult[t.Any]:
         """The :class:`~flask_bgtasks.TaskResult` of the running task."""
         return _result()
@@ -99,7 +105,7 @@ class _CurrentTask:
                 f"set_progress(message=...) must be a str or None, got"
                 f" {type(message).__name__}."
             )
-        _result()._progress = (current, total, message)
+        _result()._set_progress(current, total, message)
 
     def __repr__(self) -> str:
         try:

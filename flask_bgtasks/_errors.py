@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from concurrent.futures import CancelledError
 
+import typing as t
+
 from werkzeug.exceptions import ServiceUnavailable
+
+if t.TYPE_CHECKING:
+    from ._record import TaskRecord
 
 
 class BGTasksError(Exception):
@@ -51,6 +56,35 @@ class TaskCancelled(BGTasksError, CancelledError):
     and by :meth:`current_task.check_cancelled()
     <flask_bgtasks.current_task.check_cancelled>` inside a task whose
     cancellation was requested.
+
+    .. versionadded:: 0.1
+    """
+
+
+class TaskFailed(BGTasksError, RuntimeError):
+    """A task that ran in another process failed.
+
+    The original exception lives in that process; this carries its type
+    name and message, and the whole :class:`TaskRecord`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, record: TaskRecord) -> None:
+        error = record.error or {"type": "Exception", "message": ""}
+        super().__init__(
+            f"Task {record.name!r} (id {record.id}) failed with"
+            f" {error['type']}: {error['message']}"
+        )
+        #: The record of the failed task.
+        self.record = record
+        #: The exception's type name, such as ``'ValueError'``.
+        self.type: str = error["type"]
+
+
+class StoreError(BGTasksError, RuntimeError):
+    """The task store can't be used: its file is missing, read-only or
+    damaged, or it stayed locked too long.
 
     .. versionadded:: 0.1
     """

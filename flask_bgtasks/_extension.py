@@ -16,19 +16,21 @@ from ._context import (
     send_cancelled,
 )
 from ._current import running_task
-from ._errors import UsageError
+from ._errors import QueueFull, ShutdownError, UsageError
 from ._lifecycle import ShutdownSummary, drain_at_exit
 from ._result import TaskStatus
-from ._store import MemoryStore, TaskStore
 from ._task import Task
 from ._uwsgi import check_uwsgi
 from .backends import Backend
 from .backends.eager import EagerBackend
 from .backends.threads import ThreadBackend
+from .stores import TaskStore
+from .stores.memory import MemoryStore
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
+    from ._record import StoredResult, TaskRecord
     from ._result import TaskResult
 
 P = t.ParamSpec("P")
@@ -41,18 +43,23 @@ logger = logging.getLogger("flask_bgtasks")
 class _AppState:
     """What the extension keeps for one app. It owns that app's results."""
 
-    def __init__(self, app: Flask, config: _config.Config) -> None:
+    def __init__(
+        self, app: Flask, config: _config.Config, tasks: t.Mapping[str, Task[..., t.Any]]
+    ) -> None:
         # A weak reference: this object is the value of a WeakKeyDictionary
         # keyed by the app, and must not keep the app alive.
         self._app = weakref.ref(app)
         self.config = config
         backend_class = EagerBackend if config.eager else ThreadBackend
         self.backend: Backend = backend_class(config.pools, app.name)
-        self.store: TaskStore = MemoryStore(config.result_ttl, config.max_results)
+        self.store = _open_store(app, config)
+        #: The tasks of the extension by name, to take over durable ones.
+        self.tasks = tasks
         #: The process that submitted to this app last; ``None`` before any.
         #: A Gunicorn master with ``--preload`` or the reloader's watcher
         #: never submits, so the drain at exit leaves it alone.
         self.active_pid: int | None = None
+        self.store_pid: int | None = None
         self.hooks_ran = False
 
     def enter_process(self) -> None:
@@ -60,9 +67,50 @@ class _AppState:
         one request, since its tasks could never run."""
         check_not_forking_per_request()
         self.active_pid = os.getpid()
+        self.activate_store()
+
+    def activate_store(self) -> None:
+        """This process runs tasks: let a shared store start its upkeep,
+        which also takes over the durable tasks of dead processes. Eager
+        mode starts no thread."""
+        if self.store_pid != os.getpid():
+            self.store_pid = os.getpid()
+            if not self.config.eager:
+                self.store.activate(self.recover, self.durable_names)
+
+    def durable_names(self) -> list[str]:
+        return [name for name, task in list(self.tasks.items()) if self.is_durable(task)]
+
+    def is_durable(self, task: Task[..., t.Any]) -> bool:
+        return self.config.durable if task.durable is None else task.durable
+
+    def recover(self, record: TaskRecord) -> bool:
+        """Queue a durable task that the store took over from a dead process."""
+        task = self.tasks.get(record.name)
+        app = self._app()
+        if task is None or app is None:
+            return False
+        result = task._resubmittable(app, self, record)
+        try:
+            self.backend.submit(result, task.pool)
+        except (QueueFull, ShutdownError):
+            return False
+        return True
 
     def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
-        self.store.add(task_id, result)
+        self.store.register(task_id, result)
+
+    def started(self, result: TaskResult[t.Any]) -> bool:
+        return self.store.started(result)
+
+    def changed(self, result: TaskResult[t.Any]) -> None:
+        self.store.changed(result)
+
+    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
+        self.store.finished(result, value)
+
+    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+        return self.store.cancel_requested(result)
 
     def callback_context(self) -> t.ContextManager[object]:
         return app_context(self._live_app())
@@ -75,6 +123,17 @@ class _AppState:
         if app is None:  # pragma: no cover - a result outlived its app
             raise UsageError("The app this task belongs to no longer exists.")
         return app
+
+
+def _open_store(app: Flask, config: _config.Config) -> TaskStore:
+    kind, path = config.store
+    if kind == "memory" or path is None:
+        return MemoryStore(config.result_ttl, config.max_results)
+    from .stores.sqlite import SQLiteStore
+
+    if path != ":memory:":
+        path = os.path.join(app.instance_path, path)  # an absolute path stays as is
+    return SQLiteStore(path, config.result_ttl, config.max_results, config.store_lease)
 
 
 class BGTasks:
@@ -100,6 +159,8 @@ class BGTasks:
     def __init__(self, app: Flask | None = None) -> None:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         self._shutdown_hooks: list[t.Callable[[], object]] = []
+        #: Every task declared with this instance, by name.
+        self._tasks: dict[str, Task[..., t.Any]] = {}
         if app is not None:
             self.init_app(app)
 
@@ -122,13 +183,18 @@ class BGTasks:
         config = _config.load(app.config)
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
-        state = _AppState(app, config)
+        state = _AppState(app, config, self._tasks)
         self._apps[app] = state
         app.extensions["bgtasks"] = self
+        if state.store.shared:
+            # A worker process that serves requests runs tasks, so it takes
+            # part in the store's upkeep even before it submits any.
+            app.before_request(state.activate_store)
         # An app that is gone has no queued tasks (each holds its app), so
         # its idle workers may stop; without this they would wait for the
         # garbage collector to break the cycle between results and the store.
         weakref.finalize(app, state.backend.close)
+        weakref.finalize(app, state.store.close)
         drain_at_exit(self)
 
     def _get_state(self, app: Flask) -> _AppState:
@@ -151,6 +217,10 @@ class BGTasks:
         copy_request: bool = ...,
         copy_g: t.Iterable[str] = ...,
         timeout: float | None = ...,
+        durable: bool | None = ...,
+        retries: int = ...,
+        retry_backoff: float = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     ) -> Task[P, R]: ...
 
     @t.overload
@@ -164,6 +234,10 @@ class BGTasks:
         copy_request: bool = ...,
         copy_g: t.Iterable[str] = ...,
         timeout: float | None = ...,
+        durable: bool | None = ...,
+        retries: int = ...,
+        retry_backoff: float = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -176,6 +250,10 @@ class BGTasks:
         copy_request: bool = False,
         copy_g: t.Iterable[str] = (),
         timeout: float | None = None,
+        durable: bool | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
         """Make a function a background task. Use bare or with options.
 
@@ -196,12 +274,23 @@ class BGTasks:
         :param timeout: Seconds the task may run. Then it is asked to stop
             and its result fails with :class:`TaskTimeout`; see
             :doc:`/shutdown` for what that can and cannot do.
+        :param durable: Keep the task in the store until it has finished, so
+            that it runs again if its process dies (see :doc:`/persistence`).
+            ``None`` follows ``BGTASKS_DURABLE``.
+        :param retries: Run it again up to this many times after it raised
+            one of ``retry_on``.
+        :param retry_backoff: Seconds before the first retry, doubled for
+            each next one, with jitter.
+        :param retry_on: The exception types that are worth a retry.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
             or an option has the wrong type.
+
+        .. versionchanged:: 0.1
+            ``durable``, ``retries``, ``retry_backoff`` and ``retry_on``.
         """
 
         def decorate(fn: t.Callable[P, R]) -> Task[P, R]:
-            return Task(
+            task = Task(
                 self,
                 fn,
                 name=name,
@@ -209,7 +298,15 @@ class BGTasks:
                 copy_request=copy_request,
                 copy_g=copy_g,
                 timeout=timeout,
+                durable=durable,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_on=retry_on,
             )
+            # By name, so that a durable task left by a dead process can be
+            # found again. The last declaration of a name wins.
+            self._tasks[task.name] = task
+            return task
 
         if fn is None:
             return decorate
@@ -229,17 +326,30 @@ class BGTasks:
         :raises InvalidTaskError: If ``fn`` is not callable or an argument is
             a context proxy.
         """
-        return Task(self, fn).submit(*args, **kwargs)
+        # Not declared, so a new process could not find it: never durable.
+        return Task(self, fn, durable=False).submit(*args, **kwargs)
 
-    def get(self, task_id: str) -> TaskResult[t.Any] | None:
-        """The result of a task submitted to the current app in this
-        process, or ``None`` if the id is unknown or the record expired.
+    def get(self, task_id: str) -> TaskResult[t.Any] | StoredResult | None:
+        """The task with this id, or ``None`` if the id is unknown or the
+        record expired.
+
+        With the memory store, that is the :class:`TaskResult` of a task
+        submitted to the current app in this process. With a shared store,
+        a :class:`StoredResult` of a task submitted by any process using
+        the same store.
 
         :raises UsageError: Outside an app context.
         """
         if not isinstance(task_id, str):
             raise TypeError(f"A task id is a string, got {type(task_id).__name__}.")
         return self._get_state(get_app()).store.get(task_id)
+
+    def store(self, app: Flask | None = None) -> TaskStore:
+        """The task store of ``app``, by default the current app.
+
+        .. versionadded:: 0.1
+        """
+        return self._get_state(app if app is not None else get_app()).store
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task of any app of this extension is queued or
@@ -355,6 +465,9 @@ class BGTasks:
                 interrupted += late_interrupted
         for state, _, _ in plan:
             self._run_shutdown_hooks(state)
+            # Last, so that the tasks' outcomes are written and the upkeep
+            # renewed their leases until they ended.
+            state.store.close()
         finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
         return ShutdownSummary(
             finished=sum(1 for result in unfinished if result.status in finished),

@@ -14,17 +14,24 @@ private methods, used by the pools and backends:
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import secrets
+import threading
 import time
+import traceback
 import typing as t
 from concurrent.futures import CancelledError, Future
 from contextvars import Context
 from datetime import datetime, timezone
 
+from ._config import DEFAULT_POOL
 from ._current import running_task
-from ._errors import TaskCancelled, TaskTimeout
+from ._errors import InvalidTaskError, TaskCancelled, TaskTimeout
 from ._timeouts import watchdog
+
+if t.TYPE_CHECKING:
+    from ._retry import RetryPolicy
 
 R = t.TypeVar("R")
 
@@ -66,13 +73,40 @@ class TaskOwner(t.Protocol):
     def cancelled(self, result: TaskResult[t.Any]) -> None:
         """Called when a queued task was cancelled, so it will never run."""
 
+    def started(self, result: TaskResult[t.Any]) -> bool:
+        """Called before each attempt; ``False`` if the task must not run."""
+
+    def changed(self, result: TaskResult[t.Any]) -> None:
+        """Called when progress, the cancel request or the errors change."""
+
+    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
+        """Called once the outcome is published, before waiters wake."""
+
+    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+        """Whether the task was asked to stop from outside this object."""
+
+
+def error_info(exc: BaseException, attempt: int) -> dict[str, t.Any]:
+    """One attempt's error as a JSON object: type, message, traceback."""
+    cls = type(exc)
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
+    return {
+        "attempt": attempt,
+        "type": name,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "at": time.time(),
+    }
+
 
 def _new_id() -> str:
     # 16 random bytes: 128 bits, URL-safe, neither sequential nor guessable.
     return secrets.token_urlsafe(16)
 
 
-def _as_datetime(timestamp: float | None) -> datetime | None:
+def as_datetime(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
 
 
@@ -104,9 +138,23 @@ class TaskResult(Future[R]):
     _finished: float | None = None
     _progress: tuple[float, float | None, str | None] | None = None
     _cancel_requested = False
+    _errors: tuple[dict[str, t.Any], ...] = ()
+    #: Whether the task survives the death of its process.
+    durable = False
+    #: How many times a worker has started it (a retry is one more).
+    attempt = 0
+    #: Set on a durable task that shutdown stopped or never started, which
+    #: its store keeps to run again in the next process.
+    released = False
+    retry: RetryPolicy | None = None
 
     def __init__(
-        self, name: str, job: Job, owner: TaskOwner | None = None, timeout: float | None = None
+        self,
+        name: str,
+        job: Job,
+        owner: TaskOwner | None = None,
+        timeout: float | None = None,
+        pool: str = DEFAULT_POOL,
     ) -> None:
         super().__init__()
         #: The task's name, ``module.function`` unless given.
@@ -114,6 +162,8 @@ class TaskResult(Future[R]):
         #: Seconds the task may run before it is ended with
         #: :class:`~flask_bgtasks.TaskTimeout`, or ``None``.
         self.timeout = timeout
+        #: The pool it runs on.
+        self.pool = pool
         self._job = job
         self._unpublished = True
         self._owner = owner
@@ -144,17 +194,17 @@ class TaskResult(Future[R]):
     @property
     def submitted_at(self) -> datetime:
         """When the task was submitted (timezone-aware, UTC)."""
-        return _as_datetime(self._submitted)  # type: ignore[return-value]
+        return as_datetime(self._submitted)  # type: ignore[return-value]
 
     @property
     def started_at(self) -> datetime | None:
         """When a worker started it, or ``None``."""
-        return _as_datetime(self._started)
+        return as_datetime(self._started)
 
     @property
     def finished_at(self) -> datetime | None:
         """When it succeeded, failed or was cancelled, or ``None``."""
-        return _as_datetime(self._finished)
+        return as_datetime(self._finished)
 
     @property
     def progress(self) -> dict[str, t.Any] | None:
@@ -171,8 +221,18 @@ class TaskResult(Future[R]):
         return {"current": current, "total": total, "message": message}
 
     @property
+    def errors(self) -> list[dict[str, t.Any]]:
+        """One dict per failed attempt, oldest first: ``attempt``, ``type``,
+        ``message``, ``traceback`` and ``at`` (a Unix time)."""
+        return list(self._errors)
+
+    @property
     def cancel_requested(self) -> bool:
-        """``True`` once :meth:`cancel` was called on the running task."""
+        """``True`` once :meth:`cancel` was called on the running task, in
+        this process or, with a shared store, in any other."""
+        if not self._cancel_requested and self._owner is not None:
+            if self._owner.cancel_requested(self):
+                self._cancel_requested = True
         return self._cancel_requested
 
     def cancel(self) -> bool:
@@ -188,15 +248,26 @@ class TaskResult(Future[R]):
             return True
         if not self.done():
             self._cancel_requested = True
+            self._wake()
+            if self._owner is not None:
+                self._owner.changed(self)
         return False
 
-    def _cancel_queued(self) -> bool:
-        """Cancel the task if it has not started; ``True`` if this call did."""
+    def _cancel_queued(self, shutdown: bool = False) -> bool:
+        """Cancel the task if it has not started; ``True`` if this call did.
+
+        :param shutdown: Cancelled by a shutdown: a durable task is then
+            released, to run in the next process, rather than cancelled
+            for good.
+        """
         if self._claim() is None:
             return False
         # The job is ours, so no worker will ever run it.
         self._finished = time.time()
         self._status = TaskStatus.CANCELLED
+        self.released = shutdown and self.durable
+        if self._owner is not None:
+            self._owner.finished(self)
         super().cancel()
         if self._owner is not None:
             self._owner.cancelled(self)
@@ -276,8 +347,6 @@ class TaskResult(Future[R]):
         return self.__dict__.pop("_job", None)  # type: ignore[no-any-return]
 
     def _run(self, job: Job) -> None:
-        self._started = time.time()
-        self._status = TaskStatus.RUNNING
         self.set_running_or_notify_cancel()
         if self.timeout is not None:
             watchdog.watch(self, self.timeout)
@@ -287,15 +356,49 @@ class TaskResult(Future[R]):
 
     def _call_job(self, job: Job) -> None:
         running_task.set(self)
-        try:
-            job(self)
-        except BaseException as exc:
-            # Jobs publish their own outcome; this only catches what went
-            # wrong around the task, such as a teardown or signal receiver.
-            if self.done():
-                logger.exception("Error after task %r finished.", self)
-            else:
-                self._fail(exc)
+        while self._start_attempt():
+            try:
+                job(self)
+            except BaseException as exc:
+                # Jobs publish their own outcome; this only catches what went
+                # wrong around the task, such as a teardown or signal receiver.
+                if self.done():
+                    logger.exception("Error after task %r finished.", self)
+                else:
+                    self._fail(exc)
+            delay = self.__dict__.pop("_retry_in", None)
+            if delay is None:
+                return
+            # The retry holds this worker while it waits. cancel(), a
+            # timeout or the shutdown deadline wake it early.
+            wake = self.__dict__.setdefault("_wake_event", threading.Event())
+            wake.wait(delay)
+            if self.done():  # ended by its timeout or the shutdown deadline
+                return
+            if self._cancel_requested:
+                self._fail(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
+                return
+
+    def _start_attempt(self) -> bool:
+        self.attempt += 1
+        if self._started is None:
+            self._started = time.time()
+        self._status = TaskStatus.RUNNING
+        if self._owner is None or self._owner.started(self):
+            return True
+        # The store says no: cancelled from another process while queued.
+        self._fail(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
+        return False
+
+    def _set_progress(self, current: float, total: float | None, message: str | None) -> None:
+        self._progress = (current, total, message)
+        if self._owner is not None:
+            self._owner.changed(self)
+
+    def _wake(self) -> None:
+        wake = self.__dict__.get("_wake_event")
+        if wake is not None:
+            wake.set()
 
     def _publish(self) -> bool:
         # dict.pop is atomic, so of the task itself, its timeout and the
@@ -304,16 +407,37 @@ class TaskResult(Future[R]):
 
     def _succeed(self, value: R) -> bool:
         """Publish the return value; ``False`` if the task was already ended."""
+        if self.durable and "_unpublished" in self.__dict__:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                return self._fail(
+                    InvalidTaskError(
+                        f"Durable task {self.name!r} returned {type(value).__name__}"
+                        f" {_short(value)}, which is not JSON ({exc}). A durable"
+                        " task's value is stored as JSON: return a str, number,"
+                        " bool, None, or a list or dict of them."
+                    )
+                )
         if not self._publish():
             logger.info("Task %r returned after it was ended; the value is discarded.", self)
             return False
         self._finished = time.time()
         self._status = TaskStatus.SUCCEEDED
+        if self._owner is not None:
+            self._owner.finished(self, value)
         self.set_result(value)
         return True
 
     def _fail(self, exc: BaseException) -> bool:
-        """Publish the exception; ``False`` if the task was already ended."""
+        """Publish the exception, or schedule a retry; ``False`` if the task
+        was already ended or will run again."""
+        if "_unpublished" not in self.__dict__:
+            logger.info("Task %r raised %r after it was ended; it is discarded.", self, exc)
+            return False
+        self._errors += (error_info(exc, self.attempt),)
+        if self._will_retry(exc):
+            return False
         if not self._publish():
             logger.info("Task %r raised %r after it was ended; it is discarded.", self, exc)
             return False
@@ -329,7 +453,29 @@ class TaskResult(Future[R]):
                 self.id,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
+        if self._owner is not None:
+            self._owner.finished(self)
         self.set_exception(exc)
+        return True
+
+    def _will_retry(self, exc: BaseException) -> bool:
+        if self.retry is None or isinstance(exc, CancelledError) or self._cancel_requested:
+            return False
+        delay = self.retry.delay(exc, len(self._errors))
+        if delay is None:
+            return False
+        self._status = TaskStatus.QUEUED
+        self.__dict__["_retry_in"] = delay
+        logger.warning(
+            "Task %r (id %s) attempt %d failed; retrying in %.1f s.",
+            self.name,
+            self.id,
+            self.attempt,
+            delay,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        if self._owner is not None:
+            self._owner.changed(self)
         return True
 
     def _end(self, exc: TaskCancelled | TaskTimeout) -> bool:
@@ -341,15 +487,19 @@ class TaskResult(Future[R]):
         :return: ``False`` if the task had already finished.
         """
         self._cancel_requested = True
+        self._wake()
         if not self._publish():
             return False
         self._finished = time.time()
+        self._errors += (error_info(exc, self.attempt),)
         if isinstance(exc, CancelledError):
             self._status = TaskStatus.CANCELLED
             logger.warning("%s", exc)
         else:
             self._status = TaskStatus.FAILED
             logger.error("%s", exc)
+        if self._owner is not None:
+            self._owner.finished(self)
         self.set_exception(exc)
         return True
 
@@ -363,10 +513,23 @@ class TaskResult(Future[R]):
         )
 
     def _interrupt(self) -> bool:
+        # A durable task is not cancelled for good: its store keeps it, and
+        # the next process runs it again.
+        self.released = self.durable
+        then = (
+            "it is durable, so the next process will run it again"
+            if self.durable
+            else "the process exits without waiting for it"
+        )
         return self._end(
             TaskCancelled(
                 f"Task {self.name!r} (id {self.id}) was still running at the"
-                " shutdown deadline and was interrupted. It was asked to stop;"
-                " the process exits without waiting for it."
+                f" shutdown deadline and was interrupted. It was asked to stop;"
+                f" {then}."
             )
         )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

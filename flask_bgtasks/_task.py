@@ -13,13 +13,16 @@ import typing as t
 from . import signals
 from ._config import DEFAULT_POOL
 from ._context import Captured, capture, check_arguments, get_app, run_task
-from ._errors import InvalidTaskError
+from ._errors import InvalidTaskError, UsageError
+from ._record import short_repr, to_json
 from ._result import TaskResult
+from ._retry import RetryPolicy
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from ._extension import BGTasks
+    from ._extension import BGTasks, _AppState
+    from ._record import TaskRecord
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -48,6 +51,10 @@ class Task(t.Generic[P, R]):
         copy_request: bool = False,
         copy_g: t.Iterable[str] = (),
         timeout: float | None = None,
+        durable: bool | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     ) -> None:
         if not callable(fn):
             raise InvalidTaskError(
@@ -84,7 +91,15 @@ class Task(t.Generic[P, R]):
                 f"Task {name!r}: 'timeout' must be a number of seconds above 0,"
                 f" or None, got {timeout!r}."
             )
+        if durable is not None and not isinstance(durable, bool):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'durable' must be True, False or None (follow"
+                f" BGTASKS_DURABLE), got {durable!r}."
+            )
+        self.retry = _retry_policy(name, retries, retry_backoff, retry_on)
         self.fn = fn
+        #: ``True`` or ``False``, or ``None`` to follow ``BGTASKS_DURABLE``.
+        self.durable = durable
         #: Seconds the task may run, or ``None``.
         self.timeout = timeout
         #: The task's name, in logs and on its results.
@@ -98,6 +113,8 @@ class Task(t.Generic[P, R]):
         # Name and docstring, but not the function's __dict__, which could
         # overwrite the attributes above.
         functools.update_wrapper(self, fn, updated=())
+        if durable:
+            self._check_durable()
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now, like the undecorated function."""
@@ -195,15 +212,123 @@ class Task(t.Generic[P, R]):
             state.enter_process()
         if args or kwargs:
             check_arguments(self.name, args, kwargs)
+        durable = state.is_durable(self)
+        if durable:
+            self._check_durable(state)
+            _check_json(self.name, args, kwargs)
         job = functools.partial(run_task, app, self.fn, args, kwargs, captured)
-        result: TaskResult[R] = TaskResult(self.name, job, state, self.timeout)
-        state.backend.submit(result, self.pool)
+        result: TaskResult[R] = TaskResult(self.name, job, state, self.timeout, self.pool)
+        if durable:
+            result.durable = True
+        if self.retry is not None:
+            result.retry = self.retry
+        store = state.store
+        if store.shared:
+            # Recorded first, so that the worker finds the record; removed
+            # again if the pool refuses the task.
+            store.add(result, args, kwargs)
+            try:
+                state.backend.submit(result, self.pool)
+            except BaseException:
+                store.discard(result)
+                raise
+        else:
+            state.backend.submit(result, self.pool)
         if signals.task_submitted.receivers:
             signals.task_submitted.send(app, task=result)
         return result
 
+    def _resubmittable(self, app: Flask, state: _AppState, record: TaskRecord) -> TaskResult[R]:
+        """A new result for a durable task that a dead process left."""
+        args = tuple(record.args or ())
+        kwargs = record.kwargs or {}
+        job = functools.partial(run_task, app, self.fn, args, kwargs, None)
+        result: TaskResult[R] = TaskResult(self.name, job, state, self.timeout, self.pool)
+        result.__dict__["_id"] = record.id
+        result.durable = True
+        result.retry = self.retry
+        result.attempt = record.attempt
+        result._errors = tuple(record.errors)
+        state.register(record.id, result)
+        return result
+
+    def _check_durable(self, state: _AppState | None = None) -> None:
+        """A durable task is found again by name, in a new process, and
+        runs from its stored arguments alone."""
+        if "<" in self.name:
+            raise InvalidTaskError(
+                f"Task {self.name!r} can't be durable: a new process could not"
+                " find it by this name. Declare it at module level, or give it a"
+                " stable name with @bg.task(name=...)."
+            )
+        if self._captures:
+            raise InvalidTaskError(
+                f"Task {self.name!r} can't be durable and copy the request or"
+                " 'g': a durable task runs again from its JSON arguments alone."
+                " Pass the values it needs as arguments, or declare it with"
+                " durable=False."
+            )
+        if state is not None and not state.store.shared:
+            raise UsageError(
+                f"Task {self.name!r} is durable, but BGTASKS_STORE is 'memory',"
+                " which dies with the process. Set BGTASKS_STORE ="
+                " 'sqlite:///tasks.db', or declare the task with durable=False."
+            )
+        if state is not None and state.tasks.get(self.name) is not self:
+            raise InvalidTaskError(
+                f"Durable task {self.name!r} is not the task declared under that"
+                " name with @bg.task on this BGTasks instance (another task has"
+                " the same name, or the function was submitted with bg.submit)."
+                " A new process finds a durable task by its name: give each a"
+                " unique name, and declare it with @bg.task."
+            )
+
     def __repr__(self) -> str:
         return f"<Task {self.name!r} pool={self.pool!r}>"
+
+
+def _retry_policy(
+    name: str,
+    retries: object,
+    backoff: object,
+    retry_on: object,
+) -> RetryPolicy | None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidTaskError(
+            f"Task {name!r}: 'retries' must be a whole number of at least 0, got {retries!r}."
+        )
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
+        raise InvalidTaskError(
+            f"Task {name!r}: 'retry_backoff' must be a number of seconds of at"
+            f" least 0, got {backoff!r}."
+        )
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not types or not all(
+        isinstance(cls, type) and issubclass(cls, BaseException) for cls in types
+    ):
+        raise InvalidTaskError(
+            f"Task {name!r}: 'retry_on' must be an exception class or a tuple"
+            f" of them, such as (ConnectionError, TimeoutError), got {retry_on!r}."
+        )
+    if retries == 0:
+        return None
+    return RetryPolicy(retries, float(backoff), types)
+
+
+def _check_json(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
+    """Refuse arguments of a durable task that JSON can't hold."""
+    if to_json([args, kwargs]) is not None:
+        return
+    named = [(f"Argument {position}", value) for position, value in enumerate(args)]
+    named += [(f"Argument {key!r}", value) for key, value in kwargs.items()]
+    for which, value in named:
+        if to_json(value) is None:
+            raise InvalidTaskError(
+                f"{which} of durable task {name!r} is {type(value).__name__}"
+                f" {short_repr(value)[:80]}, which is not JSON. A durable task is"
+                " stored with its arguments as JSON: pass str, int, float, bool,"
+                " None, or lists and dicts of them (an id rather than an object)."
+            )
 
 
 def _cancel_all(results: t.Iterable[TaskResult[t.Any]]) -> None:

@@ -5,7 +5,7 @@ import typing as t
 from flask import Flask
 
 from flask_bgtasks import BGTasks, TaskResult
-from flask_bgtasks._store import MemoryStore
+from flask_bgtasks.stores.memory import MemoryStore
 
 
 def noop_job(result: TaskResult[t.Any]) -> None:
@@ -14,7 +14,7 @@ def noop_job(result: TaskResult[t.Any]) -> None:
 
 def finished(store: MemoryStore, name: str) -> TaskResult[t.Any]:
     result: TaskResult[t.Any] = TaskResult(name, noop_job)
-    store.add(name, result)
+    store.register(name, result)
     result._run(result._claim())  # type: ignore[arg-type]
     return result
 
@@ -39,7 +39,7 @@ def test_ttl_expires_finished_records() -> None:
 def test_unfinished_records_are_never_evicted() -> None:
     store = MemoryStore(ttl=0, max_results=0)
     queued: TaskResult[t.Any] = TaskResult("q", noop_job)
-    store.add("q", queued)
+    store.register("q", queued)
     finished(store, "done")
     assert store.get("q") is queued
     assert store.get("done") is None

@@ -1,0 +1,141 @@
+"""Where task records live, chosen by ``BGTASKS_STORE``.
+
+Two stores ship: :class:`~flask_bgtasks.stores.memory.MemoryStore` (the
+default: this process's memory, fastest) and
+:class:`~flask_bgtasks.stores.sqlite.SQLiteStore` (a SQLite file shared by
+every process that opens it, which also makes durable tasks possible). A
+store never touches Flask.
+
+A store is told about each step of a task's life by the results it records
+(through the app's state, their owner), and answers lookups by id.
+"""
+
+from __future__ import annotations
+
+import abc
+import typing as t
+
+from .._errors import ConfigError, ConfigTypeError
+
+if t.TYPE_CHECKING:
+    from .._record import StoredResult, TaskRecord
+    from .._result import TaskResult, TaskStatus
+
+#: Called by a shared store with the record of a durable task that it took
+#: over from a process that died. Returns ``False`` if the task can't be
+#: queued here now; the store then leaves it for later or for another process.
+Recover = t.Callable[["TaskRecord"], bool]
+#: Returns the names of the durable tasks this process can run.
+TaskNames = t.Callable[[], t.Collection[str]]
+
+
+class TaskStore(abc.ABC):
+    """The interface of a task store.
+
+    The hooks named after a step of a task's life (:meth:`add`,
+    :meth:`started`, :meth:`changed`, :meth:`finished`) are called in the
+    thread where the step happens; a store that needs no bookkeeping for a
+    step inherits the empty method.
+    """
+
+    #: ``True`` if other processes see the records. Every task is then
+    #: recorded when it is submitted, and looked up as a :class:`StoredResult`.
+    shared: t.ClassVar[bool] = False
+
+    def activate(self, recover: Recover, task_names: TaskNames) -> None:
+        """This process is using the store to run tasks: start whatever
+        background upkeep the store needs. Called once per process, on the
+        first submit or request.
+
+        :param recover: Queues a durable task taken over from a dead process.
+        :param task_names: The durable tasks this process can take over.
+        """
+
+    def add(
+        self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> None:
+        """A task was submitted. A shared store records it now."""
+
+    def discard(self, result: TaskResult[t.Any]) -> None:
+        """Undo :meth:`add`: the task was refused (its queue was full)."""
+
+    @abc.abstractmethod
+    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+        """Make a result of this process findable by its id, made now."""
+
+    def started(self, result: TaskResult[t.Any]) -> bool:
+        """A worker is about to start an attempt of the task.
+
+        :return: ``False`` if the task must not run: it was cancelled, or
+            taken over, by another process.
+        """
+        return True
+
+    def changed(self, result: TaskResult[t.Any]) -> None:
+        """The task's progress, cancel request or errors changed."""
+
+    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
+        """The task's outcome was published (``value`` is what a succeeded
+        task returned), or it was released at shutdown (``result.released``)
+        to run again in another process. Called before waiters wake."""
+
+    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+        """Whether another process asked the running task to stop."""
+        return False
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskResult[t.Any] | StoredResult | None:
+        """A handle of the task with this id, or ``None`` if unknown or expired."""
+
+    @abc.abstractmethod
+    def live(self, task_id: str) -> TaskResult[t.Any] | None:
+        """The result object of this task if this process holds it."""
+
+    @abc.abstractmethod
+    def record(self, task_id: str) -> TaskRecord | None:
+        """The task's record now, or ``None`` if unknown or expired."""
+
+    @abc.abstractmethod
+    def records(self, status: TaskStatus | None = None, limit: int = 50) -> list[TaskRecord]:
+        """The most recently submitted records, newest first."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task by id, like :meth:`TaskResult.cancel`.
+
+        :return: ``True`` if it was queued and is now cancelled.
+        """
+
+    @abc.abstractmethod
+    def purge(self, older_than: float) -> int:
+        """Delete the records of tasks that finished more than
+        ``older_than`` seconds ago; return how many."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """How many records the store holds now."""
+
+    def close(self) -> None:
+        """Stop the upkeep and release the store's resources. Idempotent."""
+
+
+def parse_url(value: object) -> tuple[str, str | None]:
+    """Check a ``BGTASKS_STORE`` value: ``("memory", None)`` or
+    ``("sqlite", path)``, with the path as given (maybe relative).
+
+    :raises ConfigTypeError: If it is not a string.
+    :raises ConfigError: If it names no known store.
+    """
+    accepted = (
+        "'memory', or 'sqlite:///tasks.db' (a path relative to the app's"
+        " instance folder), or 'sqlite:////absolute/path/tasks.db'"
+    )
+    if not isinstance(value, str):
+        raise ConfigTypeError(
+            f"BGTASKS_STORE must be {accepted}; got {value!r} ({type(value).__name__})."
+        )
+    if value in ("memory", "memory://"):
+        return "memory", None
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return "sqlite", value[len("sqlite:///") :]
+    raise ConfigError(f"BGTASKS_STORE must be {accepted}; got {value!r}.")

@@ -1,0 +1,485 @@
+"""A store in a SQLite file, shared by every process that opens it.
+
+Every task is a row, written when it is submitted, started, changes and
+finishes. Other processes read the rows, and cancel through them.
+
+Durable tasks survive their process. Each unfinished row names its owner
+process and holds a lease, which a thread of the owner renews; a row whose
+lease expired belongs to a process that died. A durable one is then taken
+over by a live process and run again (at least once delivery); a row that is
+not durable is marked ``failed`` with the error type ``TaskLost``.
+
+Concurrency: WAL journal, one statement per transaction (a statement is
+atomic, and ``UPDATE ... RETURNING`` claims rows), and a busy timeout, so
+writers in many processes wait for each other instead of failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import typing as t
+import weakref
+
+from .._errors import StoreError
+from .._process import ProcessLocal
+from .._record import StoredResult, TaskRecord, short_repr, to_json
+from .._result import TaskStatus, as_datetime
+from . import Recover, TaskNames, TaskStore
+
+if t.TYPE_CHECKING:
+    from .._result import TaskResult
+
+logger = logging.getLogger("flask_bgtasks")
+
+#: Seconds a statement waits for another process's write to finish.
+BUSY_TIMEOUT = 30.0
+#: Most durable tasks taken over in one go.
+RECOVER_BATCH = 100
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bgtasks_task (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    durable INTEGER NOT NULL,
+    arguments TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress TEXT,
+    outcome TEXT,
+    errors TEXT NOT NULL DEFAULT '[]',
+    attempt INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS bgtasks_task_owner
+    ON bgtasks_task (owner) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS bgtasks_task_lease
+    ON bgtasks_task (lease_until) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS bgtasks_task_finished
+    ON bgtasks_task (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS bgtasks_task_submitted ON bgtasks_task (submitted_at);
+"""
+
+_store_numbers = itertools.count()
+
+
+class SQLiteStore(TaskStore, ProcessLocal):
+    """Keep task records in a SQLite database file.
+
+    :param path: The database file; created with its folder if missing.
+    :param ttl: Seconds to keep a finished record, or ``None``.
+    :param max_results: Most finished records kept; the oldest go first.
+    :param lease: Seconds after which the unfinished tasks of a process
+        that stopped renewing them count as lost.
+    :raises StoreError: If the file can't be opened, written, or is not a
+        healthy SQLite database.
+    """
+
+    shared = True
+
+    def __init__(self, path: str, ttl: float | None, max_results: int, lease: float) -> None:
+        self.path = path
+        self.ttl = ttl
+        self.max_results = max_results
+        self.lease = lease
+        self._number = next(_store_numbers)
+        self._check_database()
+        ProcessLocal.__init__(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._live: dict[str, TaskResult[t.Any]] = {}
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- the connection -------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,  # autocommit: each statement is a transaction
+            check_same_thread=False,  # shared by this process's threads, under _lock
+        )
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode, NORMAL loses no data on a process crash, only on
+        # power loss, and saves an fsync per commit.
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _check_database(self) -> None:
+        folder = os.path.dirname(self.path)
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            db = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise self._unusable(exc) from exc
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise StoreError(
+                    f"The task store {self.path} was written by a newer version of"
+                    f" Flask-BGTasks (schema {version}). Upgrade Flask-BGTasks, or"
+                    " point BGTASKS_STORE at another file."
+                )
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check says: {check}")
+            db.executescript(_SCHEMA)
+            # Proves the file is writable, also when the schema existed.
+            db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from exc
+        finally:
+            db.close()
+
+    def _unusable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"The task store BGTASKS_STORE can't use the SQLite file {self.path}:"
+            f" {exc}. Make sure its folder exists and this process may write"
+            " there; if the file is damaged or is not a SQLite database, move it"
+            " away and a new one is created."
+        )
+
+    def _run(self, sql: str, params: t.Mapping[str, t.Any] | t.Sequence[t.Any] = ()) -> _Done:
+        """Run one statement, its own transaction, and return its cursor
+        with every row fetched."""
+        self._check_process()
+        with self._lock:
+            if self._db is None:
+                self._db = self._connect()
+            deadline = time.monotonic() + BUSY_TIMEOUT
+            while True:
+                try:
+                    cursor = self._db.execute(sql, params)
+                    # Fetch now: the statement runs to its end, under the lock.
+                    rows = cursor.fetchall()
+                    return _Done(rows, cursor.rowcount)
+                except sqlite3.OperationalError as exc:
+                    # The busy handler already waited; this is the rare
+                    # "locked" it gives up on at once. Try again, up to the
+                    # same timeout, rather than fail the user's request.
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"The task store {self.path} stayed locked for"
+                            f" {BUSY_TIMEOUT:g} s: {exc}."
+                        ) from exc
+                    self._stop.wait(0.005)
+
+    # -- the life of a task ---------------------------------------------
+
+    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+        self._check_process()
+        self._live[task_id] = result
+
+    def add(
+        self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> None:
+        arguments = to_json({"args": list(args), "kwargs": kwargs})
+        if arguments is None:
+            arguments = json.dumps({"repr": short_repr((args, kwargs))})
+        self._run(
+            "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
+            " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (
+                result.id,
+                result.name,
+                result.pool,
+                int(result.durable),
+                arguments,
+                self._owner,
+                time.time() + self.lease,
+                result.submitted_at.timestamp(),
+            ),
+        )
+
+    def discard(self, result: TaskResult[t.Any]) -> None:
+        self._live.pop(result.id, None)
+        self._run("DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (result.id, self._owner))
+
+    def started(self, result: TaskResult[t.Any]) -> bool:
+        now = time.time()
+        done = self._run(
+            "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
+            " started_at = coalesce(started_at, ?), lease_until = ?"
+            " WHERE id = ? AND owner = ? AND status = 'queued'",
+            (result.attempt, now, now + self.lease, result.id, self._owner),
+        )
+        return done.rowcount == 1
+
+    def changed(self, result: TaskResult[t.Any]) -> None:
+        self._run(
+            "UPDATE bgtasks_task SET status = ?, progress = ?, errors = ?,"
+            " cancel_requested = max(cancel_requested, ?)"
+            " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+            (
+                result.status.value,
+                _progress(result),
+                json.dumps(result.errors),
+                int(result._cancel_requested),
+                result.id,
+                self._owner,
+            ),
+        )
+
+    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
+        self._live.pop(result.id, None)
+        if result.released:
+            # Shutdown stopped a durable task: back to the queue, with no
+            # owner and no lease, so the next process takes it at once.
+            self._run(
+                "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
+                " lease_until = 0, progress = ?, errors = ?"
+                " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+                (_progress(result), json.dumps(result.errors), result.id, self._owner),
+            )
+            return
+        outcome = None
+        if result.status is TaskStatus.SUCCEEDED:
+            outcome = to_json({"value": value}) or json.dumps({"repr": short_repr(value)})
+        self._run(
+            "UPDATE bgtasks_task SET status = ?, outcome = ?, progress = ?, errors = ?,"
+            " cancel_requested = max(cancel_requested, ?), finished_at = ?, lease_until = 0"
+            " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+            (
+                result.status.value,
+                outcome,
+                _progress(result),
+                json.dumps(result.errors),
+                int(result._cancel_requested),
+                time.time(),
+                result.id,
+                self._owner,
+            ),
+        )
+
+    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+        rows = self._run(
+            "SELECT cancel_requested, status FROM bgtasks_task WHERE id = ?", (result.id,)
+        ).fetchall()
+        return bool(rows) and (bool(rows[0][0]) or rows[0][1] == "cancelled")
+
+    # -- lookups --------------------------------------------------------
+
+    def get(self, task_id: str) -> StoredResult | None:
+        record = self.record(task_id)
+        return None if record is None else StoredResult(self, record)
+
+    def live(self, task_id: str) -> TaskResult[t.Any] | None:
+        self._check_process()
+        return self._live.get(task_id)
+
+    def record(self, task_id: str) -> TaskRecord | None:
+        rows = self._run(
+            "SELECT * FROM bgtasks_task WHERE id = ? AND (finished_at IS NULL OR ? IS NULL"
+            " OR finished_at > ?)",
+            (task_id, self.ttl, time.time() - (self.ttl or 0)),
+        ).fetchall()
+        return make_record(rows[0]) if rows else None
+
+    def records(self, status: TaskStatus | None = None, limit: int = 50) -> list[TaskRecord]:
+        rows = self._run(
+            "SELECT * FROM bgtasks_task WHERE ? IS NULL OR status = ?"
+            " ORDER BY submitted_at DESC LIMIT ?",
+            (status, status, limit),
+        ).fetchall()
+        return [make_record(row) for row in rows]
+
+    def cancel(self, task_id: str) -> bool:
+        live = self.live(task_id)
+        if live is not None:
+            return live.cancel()
+        # One statement decides, atomically, against the owner's start.
+        # SET expressions see the row as it was before the update.
+        rows = self._run(
+            "UPDATE bgtasks_task SET cancel_requested = 1,"
+            " status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END,"
+            " finished_at = CASE status WHEN 'queued' THEN ? ELSE finished_at END"
+            " WHERE id = ? AND finished_at IS NULL RETURNING status",
+            (time.time(), task_id),
+        ).fetchall()
+        if rows and rows[0][0] == "cancelled":
+            logger.info("Task %s was cancelled while queued.", task_id)
+            return True
+        return False
+
+    def purge(self, older_than: float) -> int:
+        return self._run(
+            "DELETE FROM bgtasks_task WHERE finished_at < ?", (time.time() - older_than,)
+        ).rowcount
+
+    def __len__(self) -> int:
+        return int(self._run("SELECT count(*) FROM bgtasks_task").fetchall()[0][0])
+
+    # -- upkeep ---------------------------------------------------------
+
+    def activate(self, recover: Recover, task_names: TaskNames) -> None:
+        """Start the upkeep thread of this process: it renews the leases of
+        this process's tasks, takes over the durable tasks of dead
+        processes, marks their other tasks lost, and deletes expired
+        records, every third of the lease."""
+        self._check_process()
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._recover = recover
+            self._task_names = task_names
+            self._thread = threading.Thread(
+                target=_upkeep,
+                args=(weakref.ref(self), self._stop, self.lease / 3),
+                name=f"bgtasks-store-{self._number}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def upkeep(self) -> None:
+        """One round of upkeep; the upkeep thread calls it."""
+        now = time.time()
+        self._run(
+            "UPDATE bgtasks_task SET lease_until = ? WHERE owner = ? AND finished_at IS NULL",
+            (now + self.lease, self._owner),
+        )
+        self._mark_lost(now)
+        self._take_over(now)
+        self._evict(now)
+
+    def _mark_lost(self, now: float) -> None:
+        rows = self._run(
+            "UPDATE bgtasks_task SET status = 'failed', finished_at = :now, lease_until = 0,"
+            " errors = json_insert(errors, '$[#]', json_object("
+            "   'attempt', attempt, 'type', 'TaskLost', 'traceback', '', 'at', :now,"
+            "   'message', 'The process ' || coalesce(owner, '?') || ' stopped without"
+            " finishing it. It is not durable, so it does not run again.'))"
+            " WHERE finished_at IS NULL AND durable = 0 AND lease_until < :now RETURNING id, name",
+            {"now": now},
+        ).fetchall()
+        for task_id, name in rows:
+            logger.error("Task %r (id %s) was lost: its process stopped without finishing it.", name, task_id)
+
+    def _take_over(self, now: float) -> None:
+        names = sorted(self._task_names())
+        if not names:
+            return
+        marks = ", ".join("?" * len(names))
+        while True:
+            rows = self._run(
+                "UPDATE bgtasks_task SET owner = ?, lease_until = ?, status = 'queued'"
+                " WHERE id IN (SELECT id FROM bgtasks_task WHERE finished_at IS NULL"
+                f" AND durable = 1 AND lease_until < ? AND name IN ({marks})"
+                " ORDER BY submitted_at LIMIT ?) RETURNING *",
+                (self._owner, now + self.lease, now, *names, RECOVER_BATCH),
+            ).fetchall()
+            refused = []
+            for row in rows:
+                record = make_record(row)
+                logger.warning(
+                    "Task %r (id %s) was left unfinished by a process that stopped;"
+                    " running it again here (attempt %d).",
+                    record.name,
+                    record.id,
+                    record.attempt + 1,
+                )
+                if not self._recover(record):
+                    refused.append(record.id)
+            if refused:
+                self._run(
+                    "UPDATE bgtasks_task SET owner = NULL, lease_until = 0 WHERE owner = ?"
+                    f" AND status = 'queued' AND id IN ({', '.join('?' * len(refused))})",
+                    (self._owner, *refused),
+                )
+            if len(rows) < RECOVER_BATCH or refused:
+                return
+
+    def _evict(self, now: float) -> None:
+        if self.ttl is not None:
+            self._run("DELETE FROM bgtasks_task WHERE finished_at < ?", (now - self.ttl,))
+        self._run(
+            "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
+            " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)",
+            (self.max_results,),
+        )
+
+    def close(self) -> None:
+        self._check_process()
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+def make_record(row: sqlite3.Row) -> TaskRecord:
+    """A record from a row of the SQLite store (JSON held as text)."""
+    arguments = json.loads(row["arguments"])
+    outcome = json.loads(row["outcome"]) if row["outcome"] else {}
+    return TaskRecord(
+        id=row["id"],
+        name=row["name"],
+        pool=row["pool"],
+        status=TaskStatus(row["status"]),
+        durable=bool(row["durable"]),
+        args=arguments.get("args"),
+        kwargs=arguments.get("kwargs"),
+        args_repr=arguments.get("repr"),
+        progress=json.loads(row["progress"]) if row["progress"] else None,
+        result=outcome.get("value"),
+        result_repr=outcome.get("repr"),
+        errors=json.loads(row["errors"]),
+        attempt=row["attempt"],
+        cancel_requested=bool(row["cancel_requested"]),
+        owner=row["owner"],
+        submitted_at=as_datetime(row["submitted_at"]),  # type: ignore[arg-type]
+        started_at=as_datetime(row["started_at"]),
+        finished_at=as_datetime(row["finished_at"]),
+    )
+
+
+class _Done:
+    """What a statement returned: its rows, and the rows it changed."""
+
+    def __init__(self, rows: list[sqlite3.Row], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchall(self) -> list[sqlite3.Row]:
+        return self._rows
+
+
+def _progress(result: TaskResult[t.Any]) -> str | None:
+    progress = result.progress
+    return None if progress is None else json.dumps(progress)
+
+
+def _upkeep(store_ref: weakref.ref[SQLiteStore], stop: threading.Event, interval: float) -> None:
+    while True:
+        store = store_ref()
+        if store is None:
+            return
+        try:
+            store.upkeep()
+        except Exception:
+            logger.exception("The task store's upkeep failed; it tries again in %g s.", interval)
+        del store
+        if stop.wait(interval):
+            return
