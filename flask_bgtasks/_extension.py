@@ -131,9 +131,13 @@ def _open_store(app: Flask, config: _config.Config) -> TaskStore:
         return MemoryStore(config.result_ttl, config.max_results)
     from .stores.sqlite import SQLiteStore
 
-    if path != ":memory:":
-        path = os.path.join(app.instance_path, path)  # an absolute path stays as is
-    return SQLiteStore(path, config.result_ttl, config.max_results, config.store_lease)
+    # os.path.join keeps an absolute path as it is.
+    return SQLiteStore(
+        os.path.join(app.instance_path, path),
+        config.result_ttl,
+        config.max_results,
+        config.store_lease,
+    )
 
 
 class BGTasks:
@@ -186,6 +190,9 @@ class BGTasks:
         state = _AppState(app, config, self._tasks)
         self._apps[app] = state
         app.extensions["bgtasks"] = self
+        from ._cli import cli  # here, so that importing the package stays light
+
+        app.cli.add_command(cli)
         if state.store.shared:
             # A worker process that serves requests runs tasks, so it takes
             # part in the store's upkeep even before it submits any.

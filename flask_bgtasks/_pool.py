@@ -170,7 +170,7 @@ class WorkerPool(ProcessLocal):
         cancelled: list[TaskResult[t.Any]] = []
         interrupted: list[TaskResult[t.Any]] = []
         for result in self.unfinished():
-            if result._cancel_queued():
+            if result._cancel_queued(shutdown=True):
                 _log_cancelled(result, "was still queued at the shutdown deadline")
                 cancelled.append(result)
             elif result._interrupt():
@@ -186,14 +186,18 @@ class WorkerPool(ProcessLocal):
                 return cancelled
             if result is None:
                 continue
-            if result._cancel_queued():
+            if result._cancel_queued(shutdown=True):
                 _log_cancelled(result, "was queued at shutdown")
                 cancelled.append(result)
             self._task_done(result)
 
 
 def _log_cancelled(result: TaskResult[t.Any], when: str) -> None:
-    logger.warning("Task %r (id %s) %s and was cancelled.", result.name, result.id, when)
+    if result.released:
+        then = "was left in the store for the next process to run"
+    else:
+        then = "was cancelled"
+    logger.warning("Task %r (id %s) %s and %s.", result.name, result.id, when, then)
 
 
 def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue, past_deadline: threading.Event) -> None:
