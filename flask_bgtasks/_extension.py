@@ -95,6 +95,11 @@ class _AppState:
             self.backend.submit(result, task.pool)
         except (QueueFull, ShutdownError):
             return False
+        except UsageError:  # the task names a pool this app does not have
+            logger.exception("Durable task %r (id %s) can't run here.", record.name, record.id)
+            return False
+        # This process now runs tasks, so its exit drains them.
+        self.active_pid = os.getpid()
         return True
 
     def register(self, task_id: str, result: TaskResult[t.Any]) -> None:

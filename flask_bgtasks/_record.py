@@ -14,21 +14,11 @@ import typing as t
 from datetime import datetime
 
 from ._errors import TaskCancelled, TaskFailed, UsageError
-from ._result import TaskStatus
+from ._result import TaskStatus, short_repr
 
 if t.TYPE_CHECKING:
     from ._result import TaskResult
     from .stores import TaskStore
-
-#: The longest text kept for a value that is not JSON, such as its ``repr``.
-MAX_REPR = 1000
-
-
-def short_repr(value: object) -> str:
-    """``repr(value)``, cut to :data:`MAX_REPR` characters."""
-    text = repr(value)
-    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
-
 
 def to_json(value: object) -> str | None:
     """``value`` as compact JSON, or ``None`` if it is not JSON."""

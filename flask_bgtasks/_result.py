@@ -101,6 +101,12 @@ def error_info(exc: BaseException, attempt: int) -> dict[str, t.Any]:
     }
 
 
+def short_repr(value: object, limit: int = 1000) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _new_id() -> str:
     # 16 random bytes: 128 bits, URL-safe, neither sequential nor guessable.
     return secrets.token_urlsafe(16)
@@ -375,7 +381,7 @@ class TaskResult(Future[R]):
             wake.wait(delay)
             if self.done():  # ended by its timeout or the shutdown deadline
                 return
-            if self._cancel_requested:
+            if self.cancel_requested:
                 self._fail(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
                 return
 
@@ -414,7 +420,7 @@ class TaskResult(Future[R]):
                 return self._fail(
                     InvalidTaskError(
                         f"Durable task {self.name!r} returned {type(value).__name__}"
-                        f" {_short(value)}, which is not JSON ({exc}). A durable"
+                        f" {short_repr(value, 80)}, which is not JSON ({exc}). A durable"
                         " task's value is stored as JSON: return a str, number,"
                         " bool, None, or a list or dict of them."
                     )
@@ -459,7 +465,7 @@ class TaskResult(Future[R]):
         return True
 
     def _will_retry(self, exc: BaseException) -> bool:
-        if self.retry is None or isinstance(exc, CancelledError) or self._cancel_requested:
+        if self.retry is None or isinstance(exc, CancelledError) or self.cancel_requested:
             return False
         delay = self.retry.delay(exc, len(self._errors))
         if delay is None:
@@ -529,7 +535,3 @@ class TaskResult(Future[R]):
             )
         )
 
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

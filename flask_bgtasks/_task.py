@@ -14,8 +14,8 @@ from . import signals
 from ._config import DEFAULT_POOL
 from ._context import Captured, capture, check_arguments, get_app, run_task
 from ._errors import InvalidTaskError, UsageError
-from ._record import short_repr, to_json
-from ._result import TaskResult
+from ._record import to_json
+from ._result import TaskResult, short_repr
 from ._retry import RetryPolicy
 
 if t.TYPE_CHECKING:
@@ -325,7 +325,7 @@ def _check_json(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) ->
         if to_json(value) is None:
             raise InvalidTaskError(
                 f"{which} of durable task {name!r} is {type(value).__name__}"
-                f" {short_repr(value)[:80]}, which is not JSON. A durable task is"
+                f" {short_repr(value, 80)}, which is not JSON. A durable task is"
                 " stored with its arguments as JSON: pass str, int, float, bool,"
                 " None, or lists and dicts of them (an id rather than an object)."
             )

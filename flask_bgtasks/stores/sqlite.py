@@ -29,8 +29,8 @@ import weakref
 
 from .._errors import StoreError
 from .._process import ProcessLocal
-from .._record import StoredResult, TaskRecord, short_repr, to_json
-from .._result import TaskStatus, as_datetime
+from .._record import StoredResult, TaskRecord, to_json
+from .._result import TaskStatus, as_datetime, short_repr
 from . import Recover, TaskNames, TaskStore
 
 if t.TYPE_CHECKING:
