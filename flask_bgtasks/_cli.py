@@ -31,7 +31,7 @@ cli = AppGroup(
 
 #: Task ids are URL-safe base64 and may start with "-": without this, Click
 #: would take such an id for an unknown option.
-_ID_SETTINGS = {"ignore_unknown_options": True}
+_ID_SETTINGS: dict[str, t.Any] = {"ignore_unknown_options": True}
 
 #: The longest progress shown in a ``list`` row.
 _PROGRESS_WIDTH = 30
@@ -135,7 +135,7 @@ def list_command(status: str | None, limit: int) -> None:
         return
     rows = [("ID", "NAME", "STATUS", "PROGRESS", "ATTEMPT", "SUBMITTED", "FINISHED")]
     for record in records:
-        progress = _progress(record.progress)
+        progress = " ".join(_progress(record.progress).split())  # one line
         if len(progress) > _PROGRESS_WIDTH:
             progress = progress[: _PROGRESS_WIDTH - 3] + "..."
         rows.append(
@@ -156,7 +156,7 @@ def list_command(status: str | None, limit: int) -> None:
         click.echo(f"Showing the {limit} most recent tasks; use --limit to see more.")
 
 
-@cli.command("show", context_settings=_ID_SETTINGS)
+@cli.command("show", context_settings=dict(_ID_SETTINGS))
 @click.argument("task_id", metavar="ID")
 def show_command(task_id: str) -> None:
     """Show everything the store knows about a task.
@@ -209,7 +209,7 @@ def show_command(task_id: str) -> None:
             click.echo(f"  {line}")
 
 
-@cli.command("cancel", context_settings=_ID_SETTINGS)
+@cli.command("cancel", context_settings=dict(_ID_SETTINGS))
 @click.argument("task_id", metavar="ID")
 def cancel_command(task_id: str) -> None:
     """Cancel a task. A queued task is cancelled at once and never runs; a

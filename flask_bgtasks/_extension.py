@@ -296,9 +296,6 @@ class BGTasks:
         :param retry_on: The exception types that are worth a retry.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
             or an option has the wrong type.
-
-        .. versionchanged:: 0.1
-            ``durable``, ``retries``, ``retry_backoff`` and ``retry_on``.
         """
 
         def decorate(fn: t.Callable[P, R]) -> Task[P, R]:

@@ -72,8 +72,11 @@ class TaskRecord:
     cancel_requested: bool
     #: The process that runs or ran it, ``host:pid``, if the store knows.
     owner: str | None
+    #: When it was submitted (timezone-aware, UTC).
     submitted_at: datetime
+    #: When a worker first started it.
     started_at: datetime | None
+    #: When it succeeded, failed or was cancelled.
     finished_at: datetime | None
 
     @property
@@ -174,14 +177,17 @@ class StoredResult:
 
     @property
     def submitted_at(self) -> datetime:
+        """When the task was submitted (timezone-aware, UTC)."""
         return self._last.submitted_at
 
     @property
     def started_at(self) -> datetime | None:
+        """When a worker first started it, or ``None``."""
         return self.record().started_at
 
     @property
     def finished_at(self) -> datetime | None:
+        """When it succeeded, failed or was cancelled, or ``None``."""
         return self.record().finished_at
 
     def done(self) -> bool:
@@ -189,9 +195,11 @@ class StoredResult:
         return self.record().done()
 
     def running(self) -> bool:
+        """``True`` if a worker is running the task now."""
         return self.status is TaskStatus.RUNNING
 
     def cancelled(self) -> bool:
+        """``True`` if the task was cancelled."""
         return self.status is TaskStatus.CANCELLED
 
     def cancel(self) -> bool:

@@ -89,9 +89,10 @@ class TaskOwner(t.Protocol):
 def error_info(exc: BaseException, attempt: int) -> dict[str, t.Any]:
     """One attempt's error as a JSON object: type, message, traceback."""
     cls = type(exc)
-    name = cls.__qualname__
-    if cls.__module__ != "builtins":
-        name = f"{cls.__module__}.{name}"
+    # The name people import it by: 'flask_bgtasks.TaskCancelled' rather
+    # than the private module it is defined in.
+    module = cls.__module__.rpartition(".")[0] if "._" in cls.__module__ else cls.__module__
+    name = cls.__qualname__ if module in ("builtins", "") else f"{module}.{cls.__qualname__}"
     return {
         "attempt": attempt,
         "type": name,
@@ -109,7 +110,11 @@ def short_repr(value: object, limit: int = 1000) -> str:
 
 def _new_id() -> str:
     # 16 random bytes: 128 bits, URL-safe, neither sequential nor guessable.
-    return secrets.token_urlsafe(16)
+    # Never starting with "-", which command lines take for an option.
+    while True:
+        task_id = secrets.token_urlsafe(16)
+        if task_id[0] != "-":
+            return task_id
 
 
 def as_datetime(timestamp: float | None) -> datetime | None:
@@ -387,14 +392,30 @@ class TaskResult(Future[R]):
 
     def _start_attempt(self) -> bool:
         self.attempt += 1
-        if self._started is None:
+        first = self._started is None
+        if first:
             self._started = time.time()
+        if self._owner is not None and not self._owner.started(self):
+            if first:
+                self._started = None
+            self._refused()
+            return False
         self._status = TaskStatus.RUNNING
-        if self._owner is None or self._owner.started(self):
-            return True
-        # The store says no: cancelled from another process while queued.
-        self._fail(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
-        return False
+        return True
+
+    def _refused(self) -> None:
+        # The store says no: another process cancelled the task while it was
+        # queued, and the record says so already. End it here as cancel()
+        # ends a queued task.
+        self.attempt -= 1
+        if not self._publish():
+            return
+        self._finished = time.time()
+        self._status = TaskStatus.CANCELLED
+        logger.info("Task %r (id %s) was cancelled from another process.", self.name, self.id)
+        self.set_exception(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
+        if self._owner is not None:
+            self._owner.cancelled(self)
 
     def _set_progress(self, current: float, total: float | None, message: str | None) -> None:
         self._progress = (current, total, message)
@@ -497,7 +518,8 @@ class TaskResult(Future[R]):
         if not self._publish():
             return False
         self._finished = time.time()
-        self._errors += (error_info(exc, self.attempt),)
+        if not self.released:  # not a failure of the task: it runs again
+            self._errors += (error_info(exc, self.attempt),)
         if isinstance(exc, CancelledError):
             self._status = TaskStatus.CANCELLED
             logger.warning("%s", exc)

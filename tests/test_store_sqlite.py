@@ -257,7 +257,7 @@ def test_durable_return_value_must_be_json(store_app: Flask, bg: BGTasks) -> Non
         result = make.submit()
         with pytest.raises(InvalidTaskError, match="returned set .* not JSON"):
             result.result(5)
-        assert bg.get(result.id).record().error["type"] == "flask_bgtasks._errors.InvalidTaskError"  # type: ignore[union-attr]
+        assert bg.get(result.id).record().error["type"] == "flask_bgtasks.InvalidTaskError"  # type: ignore[union-attr]
 
 
 def test_durable_task_needs_a_stable_name(bg: BGTasks) -> None:

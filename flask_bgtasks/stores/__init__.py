@@ -39,7 +39,7 @@ class TaskStore(abc.ABC):
     """
 
     #: ``True`` if other processes see the records. Every task is then
-    #: recorded when it is submitted, and looked up as a :class:`StoredResult`.
+    #: recorded when it is submitted, and looked up as a :class:`~flask_bgtasks.StoredResult`.
     shared: t.ClassVar[bool] = False
 
     def activate(self, recover: Recover, task_names: TaskNames) -> None:
@@ -101,9 +101,11 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, task_id: str) -> bool:
-        """Cancel a task by id, like :meth:`TaskResult.cancel`.
+        """Cancel a task by id, like :meth:`~flask_bgtasks.TaskResult.cancel`.
 
-        :return: ``True`` if it was queued and is now cancelled.
+        :return: ``True`` if the task is cancelled now (it was still queued,
+            or had been cancelled before); ``False`` if it is running and
+            was asked to stop, has finished otherwise, or is unknown.
         """
 
     @abc.abstractmethod

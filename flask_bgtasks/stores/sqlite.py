@@ -216,12 +216,17 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._run("DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (result.id, self._owner))
 
     def started(self, result: TaskResult[t.Any]) -> bool:
-        now = time.time()
         done = self._run(
             "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
             " started_at = coalesce(started_at, ?), lease_until = ?"
             " WHERE id = ? AND owner = ? AND status = 'queued'",
-            (result.attempt, now, now + self.lease, result.id, self._owner),
+            (
+                result.attempt,
+                result._started,
+                time.time() + self.lease,
+                result.id,
+                self._owner,
+            ),
         )
         return done.rowcount == 1
 
@@ -255,7 +260,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         outcome = None
         if result.status is TaskStatus.SUCCEEDED:
             outcome = to_json({"value": value}) or json.dumps({"repr": short_repr(value)})
-        self._run(
+        done = self._run(
             "UPDATE bgtasks_task SET status = ?, outcome = ?, progress = ?, errors = ?,"
             " cancel_requested = max(cancel_requested, ?), finished_at = ?, lease_until = 0"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
@@ -265,11 +270,22 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 _progress(result),
                 json.dumps(result.errors),
                 int(result._cancel_requested),
-                time.time(),
+                result._finished,
                 result.id,
                 self._owner,
             ),
         )
+        if done.rowcount == 0:
+            logger.warning(
+                "Task %r (id %s) ended here as %s, but its record belongs to another"
+                " process now: this process stopped renewing its lease for longer"
+                " than BGTASKS_STORE_LEASE (%g s), so another one took it over. The"
+                " outcome here is not stored.",
+                result.name,
+                result.id,
+                result.status.value,
+                self.lease,
+            )
 
     def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
         rows = self._run(
@@ -297,9 +313,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     def records(self, status: TaskStatus | None = None, limit: int = 50) -> list[TaskRecord]:
         rows = self._run(
-            "SELECT * FROM bgtasks_task WHERE ? IS NULL OR status = ?"
-            " ORDER BY submitted_at DESC LIMIT ?",
-            (status, status, limit),
+            "SELECT * FROM bgtasks_task WHERE (? IS NULL OR status = ?) AND (finished_at IS"
+            " NULL OR ? IS NULL OR finished_at > ?) ORDER BY submitted_at DESC LIMIT ?",
+            (status, status, self.ttl, time.time() - (self.ttl or 0), limit),
         ).fetchall()
         return [make_record(row) for row in rows]
 
@@ -316,10 +332,11 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " WHERE id = ? AND finished_at IS NULL RETURNING status",
             (time.time(), task_id),
         ).fetchall()
-        if rows and rows[0][0] == "cancelled":
-            logger.info("Task %s was cancelled while queued.", task_id)
-            return True
-        return False
+        if rows:
+            return bool(rows[0][0] == "cancelled")
+        # Finished already: as Future.cancel(), True if that was a cancel.
+        record = self.record(task_id)
+        return record is not None and record.status is TaskStatus.CANCELLED
 
     def purge(self, older_than: float) -> int:
         return self._run(
