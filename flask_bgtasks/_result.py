@@ -31,6 +31,7 @@ from ._errors import InvalidTaskError, TaskCancelled, TaskTimeout
 from ._timeouts import watchdog
 
 if t.TYPE_CHECKING:
+    from ._record import TaskRecord
     from ._retry import RetryPolicy
 
 R = t.TypeVar("R")
@@ -236,6 +237,15 @@ class TaskResult(Future[R]):
         """One dict per failed attempt, oldest first: ``attempt``, ``type``,
         ``message``, ``traceback`` and ``at`` (a Unix time)."""
         return list(self._errors)
+
+    def record(self) -> TaskRecord:
+        """The task as a :class:`~flask_bgtasks.TaskRecord`, as
+        :meth:`StoredResult.record() <flask_bgtasks.StoredResult.record>`
+        gives it. Arguments are not part of it: only a shared store keeps
+        them."""
+        from ._record import record_of  # which imports this module
+
+        return record_of(self)
 
     @property
     def cancel_requested(self) -> bool:

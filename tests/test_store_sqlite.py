@@ -425,3 +425,37 @@ def test_upkeep_thread_stops_at_shutdown(make_app: t.Callable[..., Flask], bg: B
     assert any(name.startswith("bgtasks-store-") for name in names)
     bg.shutdown()
     assert not any(thread.name.startswith("bgtasks-store-") for thread in threading.enumerate())
+
+
+def test_cancelled_task_of_a_dead_process_is_not_run_again(
+    store_app: Flask, bg: BGTasks, db: str
+) -> None:
+    ran = []
+
+    @bg.task(durable=True, name="tests.unwanted")
+    def unwanted() -> None:
+        ran.append(True)
+
+    dead_row(db, "dead-cancelled", "tests.unwanted", True, [])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE bgtasks_task SET cancel_requested = 1")
+    store_app.test_client().get("/")
+    with store_app.app_context():
+        found = bg.get("dead-cancelled")
+        assert found is not None
+        with pytest.raises(TaskCancelled):
+            found.result(10)
+    assert ran == []
+
+
+def test_memory_results_have_records_too(app: Flask, bg: BGTasks) -> None:
+    with app.app_context():
+        result = bg.submit(divmod, 7, 2)
+        assert result.result(5) == (3, 1)
+    record = result.record()
+    assert (record.id, record.status, record.result, record.attempt) == (
+        result.id,
+        TaskStatus.SUCCEEDED,
+        (3, 1),
+        1,
+    )

@@ -4,98 +4,93 @@ Run it from the repository root with::
 
     gunicorn -c examples/gunicorn/gunicorn.conf.py --chdir examples/gunicorn 'app:create_app()'
 
-Each Gunicorn worker is a process with its own task pools and its own
-in-memory results, so ``bg.get(id)`` only knows the tasks submitted to the
-worker that answers. A status request may reach another worker; so that any
-worker can answer it, each task's state is also written to a small JSON file
-in a directory that all workers share (a database or Redis in a real app).
+Each Gunicorn worker is a process with its own task pools, and a request may
+reach any of them. The SQLite task store (``BGTASKS_STORE``) keeps every
+task as a row of one file that all the workers open, so the worker that
+answers ``GET /tasks/<id>`` or ``POST /tasks/<id>/cancel`` finds the task
+whichever worker runs it. ``count_steps`` is durable: if its worker dies,
+another one runs it again.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import threading
 import typing as t
-from concurrent.futures import Future
-from pathlib import Path
+from datetime import datetime
 
 from flask import Flask, Response, current_app, jsonify, request, url_for
 
-from flask_bgtasks import BGTasks, TaskResult, TaskStatus, current_task
+from flask_bgtasks import BGTasks, StoredResult, TaskRecord, TaskStatus, current_task
 
 bg = BGTasks()
 
 MAX_STEPS = 100
 
+# Task ids are URL-safe base64 (22 characters). Anything else is not an id,
+# and is answered like an unknown one without reaching the store.
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-@bg.task
+
+@bg.task(durable=True)
 def count_steps(steps: int) -> int:
-    """Take ``steps`` slow steps, reporting progress after each one."""
+    """Take ``steps`` slow steps, reporting progress after each one.
+
+    Durable: if the worker process that runs it dies, another one runs it
+    again, from the first step. That is safe because it only counts. A task
+    with side effects must make a second run harmless ("at least once").
+    """
     delay: float = current_app.config["STEP_SECONDS"]
     for done in range(1, steps + 1):
         # Stop here, between steps, if the task was asked to stop: by
-        # cancel(), or at the shutdown deadline of a worker that exits.
+        # POST /tasks/<id>/cancel in any worker, or at the shutdown deadline
+        # of the worker that runs it.
         current_task.check_cancelled()
         threading.Event().wait(delay)  # stand-in for real work
         current_task.set_progress(done, steps, f"step {done} of {steps}")
-        save_state(current_task.id, "running", current_task.result.progress)
     return steps
 
 
-def save_outcome(future: Future[int]) -> None:
-    """A done-callback: record how the task ended, whichever way it ended
-    (returned, raised, cancelled while queued, or stopped at shutdown)."""
-    result = t.cast("TaskResult[int]", future)
-    extra: dict[str, t.Any] = {}
-    if result.status is TaskStatus.SUCCEEDED:
-        extra["result"] = result.result()
-    elif result.status is TaskStatus.FAILED:
-        extra["error"] = repr(result.exception())
-    save_state(result.id, result.status.value, result.progress, **extra)
-
-
-def save_state(
-    task_id: str,
-    status: str,
-    progress: dict[str, t.Any] | None = None,
-    only_if_new: bool = False,
-    **extra: t.Any,
-) -> None:
-    """Write a task's state where every worker process can read it.
-
-    The file is written under a temporary name and then moved into place,
-    so a reader never sees half of it. With ``only_if_new``, a state that
-    the task or its callback has already written is kept.
-    """
-    path = _state_path(task_id)
-    state = {"id": task_id, "status": status, "progress": progress, "pid": os.getpid(), **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(state))
-    if not only_if_new:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # unlike os.replace, fails if the file exists
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-
-
-def read_state(task_id: str) -> dict[str, t.Any] | None:
-    try:
-        return json.loads(_state_path(task_id).read_text())  # type: ignore[no-any-return]
-    except (ValueError, FileNotFoundError):
+def find_task(task_id: str) -> StoredResult | None:
+    """The task with this id, from whichever worker submitted it, or ``None``."""
+    if not TASK_ID.fullmatch(task_id):
         return None
+    task = bg.get(task_id)
+    # With the SQLite store, bg.get() returns a StoredResult, never the
+    # in-process TaskResult of the memory store.
+    return task if isinstance(task, StoredResult) else None
 
 
-def _state_path(task_id: str) -> Path:
-    # Task ids are URL-safe base64; anything else never becomes a path.
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", task_id):
-        raise ValueError(f"Not a task id: {task_id!r}.")
-    return Path(current_app.config["TASK_STATE_DIR"]) / f"{task_id}.json"
+def describe(record: TaskRecord) -> dict[str, t.Any]:
+    """A task as its JSON for HTTP clients.
+
+    A failed task shows only its error type: the message and traceback can
+    hold internal details, and are in the server's log and the store.
+    """
+    state: dict[str, t.Any] = {
+        "id": record.id,
+        "status": record.status.value,
+        "progress": record.progress,
+        "attempt": record.attempt,
+        "cancel_requested": record.cancel_requested,
+        "submitted_at": _iso(record.submitted_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+    }
+    if record.status is TaskStatus.SUCCEEDED:
+        state["result"] = record.result
+    elif record.status is TaskStatus.FAILED and record.error is not None:
+        state["error"] = record.error["type"]
+    return state
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def not_found() -> tuple[Response, int]:
+    # The id is not repeated: it may be anything a client sent.
+    return jsonify(error="No task with this id."), 404
 
 
 def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
@@ -103,8 +98,9 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     app.config.from_mapping(
         # Threads per worker process that run tasks.
         BGTASKS_MAX_WORKERS=4,
-        # Where task states are kept, shared by all worker processes.
-        TASK_STATE_DIR=os.path.join(app.instance_path, "tasks"),
+        # One SQLite file, in the instance folder, that every worker process
+        # reads and writes: any worker can look up or cancel any task.
+        BGTASKS_STORE="sqlite:///tasks.db",
         # How long each step of count_steps takes.
         STEP_SECONDS=1.0,
     )
@@ -113,7 +109,6 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     app.config.from_prefixed_env()
     if test_config is not None:
         app.config.from_mapping(test_config)
-    os.makedirs(app.config["TASK_STATE_DIR"], exist_ok=True)
     bg.init_app(app)
 
     @app.post("/tasks")
@@ -125,19 +120,27 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
         if not 1 <= steps <= MAX_STEPS:
             return jsonify(error=f"'steps' must be a whole number from 1 to {MAX_STEPS}."), 400
         result = count_steps.submit(steps)
-        # "queued", unless the task has already written a state of its own.
-        save_state(result.id, "queued", only_if_new=True)
-        result.add_done_callback(save_outcome)
         status_url = url_for("status", task_id=result.id)
         response = jsonify(id=result.id, status_url=status_url)
         response.headers["Location"] = status_url
         return response, 202
 
     @app.get("/tasks/<task_id>")
-    def status(task_id: str) -> tuple[Response, int] | dict[str, t.Any]:
-        state = read_state(task_id)
-        if state is None:
-            return jsonify(error=f"No task with id {task_id!r}."), 404
-        return state
+    def status(task_id: str) -> tuple[Response, int]:
+        task = find_task(task_id)
+        if task is None:
+            return not_found()
+        return jsonify(describe(task.record())), 200
+
+    @app.post("/tasks/<task_id>/cancel")
+    def cancel(task_id: str) -> tuple[Response, int]:
+        task = find_task(task_id)
+        if task is None:
+            return not_found()
+        # A queued task is cancelled at once; a running one is asked to stop
+        # and does at its next check_cancelled(), in whichever worker runs
+        # it; a finished one stays as it is. The status says which.
+        task.cancel()
+        return jsonify(describe(task.record())), 202
 
     return app

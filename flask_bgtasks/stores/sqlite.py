@@ -379,6 +379,12 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._evict(now)
 
     def _mark_lost(self, now: float) -> None:
+        # Tasks of dead processes that someone asked to stop: done with.
+        self._run(
+            "UPDATE bgtasks_task SET status = 'cancelled', finished_at = ?, lease_until = 0"
+            " WHERE finished_at IS NULL AND lease_until < ? AND cancel_requested = 1",
+            (now, now),
+        )
         rows = self._run(
             "UPDATE bgtasks_task SET status = 'failed', finished_at = :now, lease_until = 0,"
             " errors = json_insert(errors, '$[#]', json_object("
@@ -389,31 +395,48 @@ class SQLiteStore(TaskStore, ProcessLocal):
             {"now": now},
         ).fetchall()
         for task_id, name in rows:
-            logger.error("Task %r (id %s) was lost: its process stopped without finishing it.", name, task_id)
+            logger.error(
+                "Task %r (id %s) was lost: its process stopped without finishing it.",
+                name,
+                task_id,
+            )
 
     def _take_over(self, now: float) -> None:
         names = sorted(self._task_names())
-        if not names:
-            return
+        if names:
+            # Those released at shutdown first: they have no owner.
+            self._take_over_batches(now, names, released=True)
+            self._take_over_batches(now, names, released=False)
+
+    def _take_over_batches(self, now: float, names: list[str], released: bool) -> None:
         marks = ", ".join("?" * len(names))
+        owner = "owner IS NULL" if released else "owner IS NOT NULL"
         while True:
             rows = self._run(
-                "UPDATE bgtasks_task SET owner = ?, lease_until = ?, status = 'queued'"
-                " WHERE id IN (SELECT id FROM bgtasks_task WHERE finished_at IS NULL"
-                f" AND durable = 1 AND lease_until < ? AND name IN ({marks})"
-                " ORDER BY submitted_at LIMIT ?) RETURNING *",
+                "UPDATE bgtasks_task SET owner = ?, lease_until = ?, status = 'queued',"
+                " progress = NULL WHERE id IN (SELECT id FROM bgtasks_task WHERE"
+                f" finished_at IS NULL AND durable = 1 AND lease_until < ? AND {owner}"
+                f" AND name IN ({marks}) ORDER BY submitted_at LIMIT ?) RETURNING *",
                 (self._owner, now + self.lease, now, *names, RECOVER_BATCH),
             ).fetchall()
             refused = []
             for row in rows:
                 record = make_record(row)
-                logger.warning(
-                    "Task %r (id %s) was left unfinished by a process that stopped;"
-                    " running it again here (attempt %d).",
-                    record.name,
-                    record.id,
-                    record.attempt + 1,
-                )
+                if released:
+                    logger.info(
+                        "Task %r (id %s) was left queued by a process that shut down;"
+                        " running it here.",
+                        record.name,
+                        record.id,
+                    )
+                else:
+                    logger.warning(
+                        "Task %r (id %s) was left unfinished by a process that stopped"
+                        " without shutting down; running it again here (attempt %d).",
+                        record.name,
+                        record.id,
+                        record.attempt + 1,
+                    )
                 if not self._recover(record):
                     refused.append(record.id)
             if refused:
