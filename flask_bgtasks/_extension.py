@@ -60,6 +60,7 @@ class _AppState:
         #: never submits, so the drain at exit leaves it alone.
         self.active_pid: int | None = None
         self.store_pid: int | None = None
+        self.closing = False
         self.hooks_ran = False
 
     def enter_process(self) -> None:
@@ -79,6 +80,8 @@ class _AppState:
                 self.store.activate(self.recover, self.durable_names)
 
     def durable_names(self) -> list[str]:
+        if self.closing:  # a process that shuts down takes nothing over
+            return []
         return [name for name, task in list(self.tasks.items()) if self.is_durable(task)]
 
     def is_durable(self, task: Task[..., t.Any]) -> bool:
@@ -459,6 +462,8 @@ class BGTasks:
     ) -> ShutdownSummary:
         # Each step for every app before the next step, so that all apps
         # stop accepting work at once and share the time until the deadline.
+        for state, _, _ in plan:
+            state.closing = True
         unfinished = [result for state, _, _ in plan for result in state.backend.unfinished()]
         cancelled = [result for state, cancel, _ in plan for result in state.backend.close(cancel)]
         if not wait:

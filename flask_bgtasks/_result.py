@@ -415,14 +415,19 @@ class TaskResult(Future[R]):
 
     def _refused(self) -> None:
         # The store says no: another process cancelled the task while it was
-        # queued, and the record says so already. End it here as cancel()
-        # ends a queued task.
+        # queued, or took it over, and the record says so already. End it
+        # here as cancel() ends a queued task.
         self.attempt -= 1
         if not self._publish():
             return
         self._finished = time.time()
         self._status = TaskStatus.CANCELLED
-        logger.info("Task %r (id %s) was cancelled from another process.", self.name, self.id)
+        logger.info(
+            "Task %r (id %s) does not run here: its record says another process"
+            " cancelled it or took it over.",
+            self.name,
+            self.id,
+        )
         self.set_exception(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
         if self._owner is not None:
             self._owner.cancelled(self)
@@ -552,11 +557,11 @@ class TaskResult(Future[R]):
 
     def _interrupt(self) -> bool:
         # A durable task is not cancelled for good: its store keeps it, and
-        # the next process runs it again.
-        self.released = self.durable
+        # the next process runs it again. Unless someone asked it to stop.
+        self.released = self.durable and not self.cancel_requested
         then = (
             "it is durable, so the next process will run it again"
-            if self.durable
+            if self.released
             else "the process exits without waiting for it"
         )
         return self._end(

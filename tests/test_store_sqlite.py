@@ -459,3 +459,28 @@ def test_memory_results_have_records_too(app: Flask, bg: BGTasks) -> None:
         (3, 1),
         1,
     )
+
+
+@pytest.mark.parametrize("asked_to_stop", [False, True])
+def test_deadline_releases_durable_tasks_unless_asked_to_stop(
+    store_app: Flask, bg: BGTasks, gate: Gate, db: str, asked_to_stop: bool
+) -> None:
+    @bg.task(durable=True, name="tests.stuck")
+    def stuck() -> None:
+        current_task.set_progress(1)
+        gate()
+
+    with store_app.app_context():
+        result = stuck.submit()
+        gate.wait_entered()
+    if asked_to_stop:
+        assert result.cancel() is False
+    summary = bg.shutdown(timeout=0.1)
+    assert summary.interrupted == [result.id]
+    row = rows(db)[result.id]
+    if asked_to_stop:
+        assert (row["status"], row["cancel_requested"]) == ("cancelled", 1)
+    else:
+        # Ending it set its own cancel flag; that is no request to stop.
+        assert (row["status"], row["owner"], row["cancel_requested"]) == ("queued", None, 0)
+        assert json.loads(row["errors"]) == []  # not a failure of the task

@@ -228,7 +228,10 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 self._owner,
             ),
         )
-        return done.rowcount == 1
+        if done.rowcount == 1:
+            return True
+        self._live.pop(result.id, None)  # the record is not ours to finish
+        return False
 
     def changed(self, result: TaskResult[t.Any]) -> None:
         self._run(
@@ -250,9 +253,11 @@ class SQLiteStore(TaskStore, ProcessLocal):
         if result.released:
             # Shutdown stopped a durable task: back to the queue, with no
             # owner and no lease, so the next process takes it at once.
+            # Being ended set its cancel flag, which is not a request to stop:
+            # clear it, or the next process would cancel the task.
             self._run(
                 "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
-                " lease_until = 0, progress = ?, errors = ?"
+                " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
                 " WHERE id = ? AND owner = ? AND finished_at IS NULL",
                 (_progress(result), json.dumps(result.errors), result.id, self._owner),
             )
@@ -429,13 +434,20 @@ class SQLiteStore(TaskStore, ProcessLocal):
                         record.name,
                         record.id,
                     )
-                else:
+                elif record.attempt:
                     logger.warning(
                         "Task %r (id %s) was left unfinished by a process that stopped"
                         " without shutting down; running it again here (attempt %d).",
                         record.name,
                         record.id,
                         record.attempt + 1,
+                    )
+                else:
+                    logger.warning(
+                        "Task %r (id %s) was left queued by a process that stopped"
+                        " without shutting down; running it here.",
+                        record.name,
+                        record.id,
                     )
                 if not self._recover(record):
                     refused.append(record.id)

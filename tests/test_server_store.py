@@ -1,0 +1,334 @@
+"""The SQLite task store under real Gunicorn: records shared by every worker
+process, and durable tasks that survive the death of their process.
+
+Each test starts Gunicorn on 127.0.0.1 and a free port with the app in
+``server_apps/storeapp.py``, all of its workers on one SQLite file in
+``tmp_path`` with a lease of 1 s, so that the tasks of a dead process are
+taken over about a second after it died. Tasks are looked up over HTTP, so
+any worker may answer, and the jobs write what they did to an attempts log
+and leave their side effect as a marker file named after the task id (see
+``storeapp.py``), which the tests read once the tasks are done.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import typing as t
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+gunicorn_package = pytest.importorskip("gunicorn")
+
+from tests.server_apps.storeapp import read_attempts
+from tests.servers import BIN, Server, wait_for
+
+APPS = Path(__file__).parent / "server_apps"
+# Gunicorn 25.1 and later open a control socket that servers started side by
+# side would fight over (see test_server_gunicorn.py).
+NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
+#: Lookups in flight at once, so that busy sync workers leave requests to
+#: the others and several processes answer.
+CLIENTS = 4
+#: The longest any test waits for its tasks to end.
+DEADLINE = 30
+
+#: Words of the library's log lines, when it takes a task over or marks it lost.
+TAKEN_OVER = "left unfinished"
+TAKEN_QUEUED = "left queued"
+LOST = "was lost"
+
+Answer = dict[str, t.Any]
+
+
+def gunicorn(*options: str) -> list[str]:
+    return [
+        str(BIN / "gunicorn"),
+        "-b",
+        "127.0.0.1:{port}",
+        *NO_CONTROL_SOCKET,
+        *options,
+        "storeapp:create_app()",
+    ]
+
+
+def store_env(folder: Path, max_workers: int) -> dict[str, str]:
+    """The environment of a server on the store in ``folder``; servers
+    started with the same ``folder`` share the store."""
+    (folder / "effects").mkdir(exist_ok=True)
+    return {
+        "STORE_PATH": str(folder / "tasks.db"),
+        "STORE_LEASE": "1",
+        "MAX_WORKERS": str(max_workers),
+        "TASK_DIR": str(folder),
+    }
+
+
+def post(server: Server, path: str) -> tuple[list[str], int]:
+    """Submit tasks; return their ids and the pid of the worker that took them."""
+    status, body, _ = server.request(path, "POST")
+    assert status == 200, body
+    return list(body["ids"]), int(body["pid"])
+
+
+def look_up(server: Server, task_id: str, query: str = "") -> Answer:
+    """Ask whichever worker answers for the task's record; never a 404."""
+    status, body, _ = server.request(f"/tasks/{task_id}{query}")
+    assert status == 200, f"The lookup of task {task_id} answered {status}: {body}"
+    assert body["id"] == task_id and body["stored_type"] == "StoredResult", body
+    return t.cast(Answer, body)
+
+
+def look_up_all(server: Server, clients: ThreadPoolExecutor, ids: t.Iterable[str]) -> list[Answer]:
+    return list(clients.map(lambda task_id: look_up(server, task_id), ids))
+
+
+def wait_until_done(
+    server: Server, ids: t.Collection[str], answers: list[Answer] | None = None
+) -> dict[str, Answer]:
+    """Look every unfinished task up, round after round, until all are
+    done; return the answer that saw each one done. Every answer is also
+    appended to ``answers``."""
+    final: dict[str, Answer] = {}
+    with ThreadPoolExecutor(CLIENTS) as clients:
+
+        def all_done() -> bool:
+            for answer in look_up_all(server, clients, sorted(set(ids) - final.keys())):
+                if answers is not None:
+                    answers.append(answer)
+                if answer["status"] in ("succeeded", "failed", "cancelled"):
+                    final[answer["id"]] = answer
+            return len(final) == len(ids)
+
+        wait_for(all_done, DEADLINE, f"{len(ids)} tasks to end:\n{server.output}")
+    return final
+
+
+def logged(output: str, task_id: str, *words: str) -> bool:
+    """Whether a line of ``output`` names the task and has all ``words``."""
+    return any(
+        f"(id {task_id})" in line and all(word in line for word in words)
+        for line in output.splitlines()
+    )
+
+
+def gone(pid: int) -> bool:
+    """``True`` once the process is dead: reaped, or a zombie (a process
+    whose parent died may be reparented to an init that never reaps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The children of the Gunicorn master."""
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def events_by_task(folder: Path) -> dict[str, list[tuple[str, int, int]]]:
+    """(event, pid, attempt) of each task, in the order they happened."""
+    events = collections.defaultdict(list)
+    for event, task_id, pid, attempt in read_attempts(folder):
+        events[task_id].append((event, pid, attempt))
+    return events
+
+
+def starts(events: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
+    return [(pid, attempt) for event, pid, attempt in events if event == "started"]
+
+
+def effects(events: list[tuple[str, int, int]]) -> list[int]:
+    """The pids that made the side effect (first time, for the task id)."""
+    return [pid for event, pid, _ in events if event == "effect"]
+
+
+def markers(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder / "effects"))
+
+
+@pytest.mark.timeout(90)
+def test_any_worker_reads_any_task(tmp_path: Path) -> None:
+    """200 tasks submitted to 4 sync workers: each lookup, by whichever
+    worker answers it, finds the record, and every task ends ``succeeded``
+    with its progress and its value, readable from the workers that did not
+    run it."""
+    env = store_env(tmp_path, max_workers=4)
+    with Server(gunicorn("-w", "4"), APPS, env) as server:
+        server.wait_ready("/pid")
+        # The first 4 batches meet at a rendezvous, so each of the 4 workers
+        # takes one; the other 16 go wherever the kernel sends them.
+        meet = "&rendezvous=submit&processes=4"
+        batches = [
+            f"/squares?start={start}&count=10" + (meet if start < 40 else "")
+            for start in range(0, 200, 10)
+        ]
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            submitted = list(clients.map(lambda path: post(server, path), batches))
+        # id -> (n, pid of the worker that took it)
+        tasks = {
+            task_id: (n, pid)
+            for start, (ids, pid) in zip(range(0, 200, 10), submitted)
+            for n, task_id in zip(range(start, start + 10), ids, strict=True)
+        }
+        assert len(tasks) == 200
+        workers = {pid for _, pid in submitted[:4]}
+        assert len(workers) == 4, submitted
+
+        answers: list[Answer] = []
+        final = wait_until_done(server, tasks, answers)
+        # Once more, every finished record from any worker; then 4 lookups
+        # of one worker's tasks that meet at a rendezvous, so 4 workers
+        # answer and 3 of them did not run the task they answer for.
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            answers += look_up_all(server, clients, sorted(tasks))
+            ids, owner = submitted[0]
+            met = list(
+                clients.map(
+                    lambda task_id: look_up(server, task_id, "?rendezvous=look&processes=4"),
+                    ids[:4],
+                )
+            )
+        assert set(worker_pids(server)) == workers  # no worker died
+        output = server.output
+
+    assert {answer["pid"] for answer in met} == workers, met
+    assert len([a for a in met if a["pid"] != a["owner_pid"]]) == 3, met
+    for task_id, answer in zip(ids[:4], met, strict=True):
+        assert (answer["status"], answer["value"], answer["owner_pid"]) == (
+            "succeeded",
+            tasks[task_id][0] ** 2,
+            owner,
+        ), answer
+    answers += met
+    assert {answer["pid"] for answer in answers} == workers
+
+    for answer in answers:
+        # Non-durable tasks on live workers: none may be taken for lost.
+        assert answer["status"] in ("queued", "running", "succeeded"), answer
+        assert answer["owner_pid"] == tasks[answer["id"]][1], answer
+    for task_id, (n, _) in tasks.items():
+        answer = final[task_id]
+        assert answer["value"] == n * n, answer
+        assert answer["progress"] == {"current": 3, "total": 3, "message": None}, answer
+        assert answer["attempt"] == 1, answer
+    assert "Traceback" not in output and LOST not in output, output
+
+
+@pytest.mark.timeout(90)
+def test_durable_tasks_of_a_killed_worker_run_again_elsewhere(tmp_path: Path) -> None:
+    """kill -9 of a worker with durable tasks running and queued: Gunicorn
+    replaces it, another process takes its tasks over once their lease
+    expired, and each task ends ``succeeded`` with its side effect made once."""
+    env = store_env(tmp_path, max_workers=2)
+    with Server(gunicorn("-w", "3"), APPS, env) as server:
+        server.wait_ready("/pid")
+        ids, victim = post(server, "/jobs?kinds=" + ",".join(["durable"] * 5))
+        assert victim in worker_pids(server)
+        # Two running, held by the gate, and three queued behind them.
+        wait_for(
+            lambda: {i for e, i, _, _ in read_attempts(tmp_path) if e == "started"} == set(ids[:2]),
+            10,
+            f"the first two tasks to start:\n{server.output}",
+        )
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            before = look_up_all(server, clients, ids)
+        assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
+        assert {a["owner_pid"] for a in before} == {victim}, before
+
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: gone(victim), 10, f"worker {victim} to die")
+        (tmp_path / "gate").touch()  # the next attempts run through
+        final = wait_until_done(server, ids)
+        survivors = worker_pids(server)
+        output = server.output
+
+    assert f"Worker (pid:{victim}) was sent SIGKILL" in output, output
+    events = events_by_task(tmp_path)
+    for n, task_id in enumerate(ids):
+        answer = final[task_id]
+        taken_over = 2 if n < 2 else 1  # the attempt that ran to the end
+        assert (answer["status"], answer["value"], answer["attempt"]) == (
+            "succeeded",
+            n + 1000,
+            taken_over,
+        ), answer
+        rescuer = answer["owner_pid"]
+        assert rescuer != victim and rescuer in survivors, (answer, survivors)
+        if n < 2:  # it was running: attempt 1 died with the victim
+            assert starts(events[task_id]) == [(victim, 1), (rescuer, 2)], events[task_id]
+        else:  # it was queued: its first attempt ran in the rescuer
+            assert starts(events[task_id]) == [(rescuer, 1)], events[task_id]
+        assert effects(events[task_id]) == [rescuer], events[task_id]
+        if taken_over == 2:
+            assert logged(output, task_id, TAKEN_OVER, "(attempt 2)"), output
+        else:
+            assert logged(output, task_id, TAKEN_QUEUED, "running it here"), output
+    assert markers(tmp_path) == sorted(ids)
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.timeout(90)
+def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
+    """kill -9 of the master and all workers with tasks running and queued;
+    a new server on the same store runs the durable ones again, and marks
+    the task that is not durable as lost."""
+    env = store_env(tmp_path, max_workers=2)
+    # The plain task and the first durable one run; three durable ones queue.
+    kinds = ["plain", "durable", "durable", "durable", "durable"]
+    with Server(gunicorn("-w", "2"), APPS, env) as first:
+        first.wait_ready("/pid")
+        ids, victim = post(first, "/jobs?kinds=" + ",".join(kinds))
+        wait_for(
+            lambda: {i for e, i, _, _ in read_attempts(tmp_path) if e == "started"} == set(ids[:2]),
+            10,
+            f"the first two tasks to start:\n{first.output}",
+        )
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            before = look_up_all(first, clients, ids)
+        assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
+        assert {a["owner_pid"] for a in before} == {victim}, before
+        first_pids = [first.process.pid, *worker_pids(first)]
+        first.stop()  # SIGKILL to the process group: no drain, no release
+    wait_for(lambda: all(map(gone, first_pids)), 10, f"the processes {first_pids} to die")
+    assert "Draining" not in first.output, first.output
+    (tmp_path / "gate").touch()
+
+    with Server(gunicorn("-w", "2"), APPS, env) as second:
+        second.wait_ready("/pid")  # the lookups start the upkeep of the workers
+        final = wait_until_done(second, ids)
+        rescuers = worker_pids(second)
+        output = second.output
+
+    events = events_by_task(tmp_path)
+    plain, *durable = ids
+    answer = final[plain]
+    assert (answer["status"], answer["error_type"]) == ("failed", "TaskLost"), answer
+    assert starts(events[plain]) == [(victim, 1)] and not effects(events[plain]), events[plain]
+    assert logged(output, plain, LOST), output
+    for n, task_id in enumerate(durable, start=1):
+        answer = final[task_id]
+        taken_over = 2 if n == 1 else 1
+        assert (answer["status"], answer["value"], answer["attempt"]) == (
+            "succeeded",
+            n + 1000,
+            taken_over,
+        ), answer
+        rescuer = answer["owner_pid"]
+        assert rescuer in rescuers, (answer, rescuers)
+        if n == 1:
+            assert starts(events[task_id]) == [(victim, 1), (rescuer, 2)], events[task_id]
+        else:
+            assert starts(events[task_id]) == [(rescuer, 1)], events[task_id]
+        assert effects(events[task_id]) == [rescuer], events[task_id]
+        if taken_over == 2:
+            assert logged(output, task_id, TAKEN_OVER, "(attempt 2)"), output
+        else:
+            assert logged(output, task_id, TAKEN_QUEUED, "running it here"), output
+    assert markers(tmp_path) == sorted(durable)
+    assert "Traceback" not in output, output
