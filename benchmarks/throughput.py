@@ -1,0 +1,803 @@
+"""How many no-op tasks per second get from submitted to finished, per store,
+next to RQ.
+
+Four systems run the same number of no-op tasks:
+
+* ``memory``: Flask-BGTasks with the memory store (``BGTASKS_STORE="memory"``,
+  the default), ``BGTASKS_MAX_WORKERS=4`` and no queue bound. A ``@bg.task``
+  is submitted with ``noop.submit()`` from an app context, then
+  ``bg.join()`` waits for all of them;
+* ``sqlite``: the same with the SQLite store, in a new file in a new
+  temporary folder (``BGTASKS_STORE="sqlite:////tmp/.../tasks.db"``). It
+  writes a row when a task is submitted, and updates it when the task starts
+  and when it finishes;
+* ``sqlite-durable``: the same with ``@bg.task(durable=True)``;
+* ``rq``: RQ, the anchor. This script starts ``redis-server`` on 127.0.0.1
+  and a free port, without persistence, and one ``rq worker`` process with
+  ``--worker-class rq.SimpleWorker``, which runs each job in the worker
+  process; the default ``rq.Worker`` forks a process per job and is several
+  times slower (compare with ``--rq-worker-class rq.Worker``). Jobs are
+  enqueued one by one with ``Queue.enqueue``. The one worker takes them in
+  order, so all are finished when the last one's result is in, which a
+  blocking read of its result stream tells without polling; then the
+  finished-job registry is checked to hold every job. Skipped, with a note,
+  if ``redis-server`` or ``rq`` is not installed.
+
+Each round gives every system a new app and store (RQ: an emptied Redis
+database and a new worker), warmed up first: all its workers have started
+and run a task, its database is open. The clock runs from the first submit
+until the last task has finished. Each round runs every system once, in an
+order rotated from round to round; the table shows the median over the
+rounds as tasks per second, microseconds per task, and the cost per task as
+a multiple of the memory store's.
+
+The systems do not use the same resources: Flask-BGTasks runs its tasks on
+threads of the submitting process, where the GIL lets one thread run Python
+at a time, while RQ spreads the work over three processes (this one, the
+worker and Redis), which can use two cores at once.
+
+With ``--profile sqlite`` (or another Flask-BGTasks row) the script prints,
+instead of the table, how long the store's lock was held and how often it
+made a thread wait in one plain run of that row, then where the time goes in
+a second run with every thread under :mod:`cProfile`.
+
+Run it from the project root::
+
+    pip install -e '.[benchmarks]'
+    apt-get install redis-server      # for the RQ row
+    python benchmarks/throughput.py
+    python benchmarks/throughput.py --rst docs/_throughput_table.rst
+    python benchmarks/throughput.py --profile sqlite
+
+The defaults take two to three minutes on a 2-core machine, most of it RQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import dataclasses
+import datetime
+import functools
+import gc
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import pstats
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing as t
+
+from flask import Flask
+
+from flask_bgtasks import BGTasks
+
+if t.TYPE_CHECKING:
+    from rq import Queue
+    from rq.job import Job
+
+    from flask_bgtasks import TaskResult
+    from flask_bgtasks.stores import TaskStore
+
+#: Worker threads of every Flask-BGTasks app.
+WORKERS = 4
+#: Seconds to wait for a pool's workers, or for Redis or an RQ worker, to start.
+START_TIMEOUT = 30.0
+#: Seconds that one timed run may take before it counts as hung.
+RUN_TIMEOUT = 600.0
+#: The goals from the issue, for the SQLite store: tasks per second, and its
+#: cost per task as a multiple of the memory store's.
+TARGET_RATE = 2_000.0
+TARGET_RATIO = 5.0
+#: The row every ratio is taken against.
+BASELINE = "memory"
+#: The rows that the targets apply to.
+SQLITE_ROWS = ("sqlite", "sqlite-durable")
+#: Longest error message shown in a table cell.
+MAX_ERROR_LENGTH = 60
+
+#: This folder: the RQ worker imports its job from here.
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+RQ_QUEUE = "throughput"
+#: Enqueued by name, so that only the worker imports it.
+RQ_JOB = "_rq_jobs.noop"
+RQ_WORKER_CLASS = "rq.SimpleWorker"
+
+
+# Systems ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """A warmed-up system, as the measurement sees it."""
+
+    #: Submit this many no-op tasks; return once every one has finished.
+    run: t.Callable[[int], None]
+    #: The Flask-BGTasks task store, for ``--profile``; ``None`` for RQ.
+    store: TaskStore | None = None
+
+
+SystemFactory = t.Callable[[], t.ContextManager[System]]
+
+
+@contextlib.contextmanager
+def flask_bgtasks(store: str, durable: bool = False) -> t.Iterator[System]:
+    """A new app with a new store: ``"memory"``, or ``"sqlite"`` for a new
+    file in a new temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="bgtasks-throughput-") as folder:
+        app = Flask(__name__)
+        app.config.update(
+            BGTASKS_MAX_WORKERS=WORKERS,
+            BGTASKS_QUEUE_SIZE=None,
+            BGTASKS_STORE=(
+                "memory" if store == "memory" else "sqlite:///" + os.path.join(folder, "tasks.db")
+            ),
+        )
+        bg = BGTasks(app)
+
+        # Named, since a durable task needs a name that a new process finds.
+        @bg.task(name="throughput.noop", durable=durable)
+        def noop() -> None:
+            pass
+
+        results: list[TaskResult[None]] = []
+
+        def run(tasks: int) -> None:
+            nonlocal results
+            results = [noop.submit() for _ in range(tasks)]
+            if not bg.join(RUN_TIMEOUT):
+                raise TimeoutError(f"The tasks did not finish within {RUN_TIMEOUT:g} s.")
+
+        try:
+            with app.app_context():
+                start_all_workers(bg, noop.submit)
+                yield System(run, bg.store(app))
+                for result in results:
+                    result.result(timeout=0)  # raises what a task raised
+        finally:
+            # Before the folder goes: it closes the database.
+            bg.shutdown()
+
+
+def start_all_workers(bg: BGTasks, submit_noop: t.Callable[[], TaskResult[None]]) -> None:
+    """Run one task per worker at the same time, so every thread has
+    started, then one no-op task, so its code path is warm."""
+    everyone_running = threading.Barrier(WORKERS)
+    futures = []
+    try:
+        for _ in range(WORKERS):
+            futures.append(bg.submit(everyone_running.wait, START_TIMEOUT))
+    except BaseException:
+        everyone_running.abort()
+        raise
+    for future in futures:
+        future.result()
+    submit_noop().result()
+    bg.join()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the process does not exit in time."""
+    process.terminate()
+    try:
+        process.wait(START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def last_line(log: t.IO[bytes]) -> str:
+    """The last line a process wrote: its error, if it failed."""
+    log.seek(0)
+    lines = log.read().decode(errors="replace").strip().splitlines()
+    return lines[-1].strip() if lines else "(no output)"
+
+
+@contextlib.contextmanager
+def redis_server() -> t.Iterator[str]:
+    """Start ``redis-server`` on 127.0.0.1 and a free port, without
+    persistence; yield its URL; stop it."""
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            ["redis-server", *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            with Redis.from_url(url) as connection:
+                deadline = time.monotonic() + START_TIMEOUT
+                pause = threading.Event()
+                while True:
+                    try:
+                        connection.ping()
+                        break
+                    except RedisConnectionError:
+                        pass
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start: {last_line(log)}")
+                    pause.wait(0.05)  # the polling interval, not a synchronisation
+            yield url
+        finally:
+            stop(process)
+
+
+@contextlib.contextmanager
+def rq_worker(url: str, worker_class: str) -> t.Iterator[System]:
+    """An emptied Redis database and a new RQ worker process, warmed up
+    with one job."""
+    from redis import Redis
+    from rq import Queue
+
+    connection = Redis.from_url(url)
+    connection.flushdb()
+    queue = Queue(RQ_QUEUE, connection=connection)
+    command = [
+        sys.executable, "-m", "rq.cli", "worker", RQ_QUEUE,
+        "--url", url,
+        "--worker-class", worker_class,
+        "--path", BENCHMARKS,
+        # A log line per job would be I/O that Flask-BGTasks does not do.
+        "--quiet", "--disable-job-desc-logging",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        worker = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        # The warm-up job, then each timed run's.
+        enqueued = 1
+
+        def run(tasks: int) -> None:
+            nonlocal enqueued
+            jobs = [queue.enqueue(RQ_JOB) for _ in range(tasks)]
+            enqueued += tasks
+            wait_for_job(jobs[-1], worker, log, RUN_TIMEOUT)
+
+        try:
+            wait_for_job(queue.enqueue(RQ_JOB), worker, log, START_TIMEOUT)
+            yield System(run)
+            check_all_finished(queue, enqueued)
+        finally:
+            stop(worker)
+            connection.close()
+
+
+def wait_for_job(
+    job: Job, worker: subprocess.Popen[bytes], log: t.IO[bytes], timeout: float
+) -> None:
+    """Wait for the job's result; raise if it failed or the worker died."""
+    from rq.results import Result
+
+    deadline = time.monotonic() + timeout
+    while True:
+        # A blocking read of the job's result stream, which returns as soon
+        # as the worker writes the result. A second at a time, to notice a
+        # dead worker.
+        result = job.latest_result(timeout=1)
+        if result is not None:
+            break
+        if worker.poll() is not None:
+            raise RuntimeError(
+                f"{last_line(log)} (the RQ worker exited with code {worker.returncode})"
+            )
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"RQ job {job.id} did not finish within {timeout:g} s.")
+    if result.type is not Result.Type.SUCCESSFUL:
+        raise RuntimeError(f"RQ job {job.id} ended as {result.type.name}: {result.exc_string}")
+
+
+def check_all_finished(queue: Queue, enqueued: int) -> None:
+    """Every job enqueued in this round ran, and succeeded."""
+    finished = queue.finished_job_registry.count
+    failed = queue.failed_job_registry.count
+    if finished != enqueued or failed or queue.count:
+        raise RuntimeError(
+            f"RQ ran {finished} of {enqueued} jobs ({failed} failed, {queue.count} still queued)."
+        )
+
+
+def rq_missing() -> str | None:
+    """Why the RQ row can't run here, or ``None``."""
+    if shutil.which("redis-server") is None:
+        return "n/a (skipped: redis-server is not installed; apt-get install redis-server)"
+    if importlib.util.find_spec("rq") is None:
+        return "n/a (skipped: rq is not installed; pip install -e '.[benchmarks]')"
+    return None
+
+
+#: The rows: key (for ``--profile``) and label.
+LABELS = {
+    "memory": "Flask-BGTasks, memory store",
+    "sqlite": "Flask-BGTasks, SQLite store",
+    "sqlite-durable": "Flask-BGTasks, SQLite, durable",
+    "rq": "RQ, Redis, 1 worker process",
+}
+BGTASKS_SYSTEMS: dict[str, SystemFactory] = {
+    "memory": functools.partial(flask_bgtasks, "memory"),
+    "sqlite": functools.partial(flask_bgtasks, "sqlite"),
+    "sqlite-durable": functools.partial(flask_bgtasks, "sqlite", durable=True),
+}
+
+
+def all_systems(
+    stack: contextlib.ExitStack, rq_worker_class: str
+) -> dict[str, SystemFactory | str]:
+    """Every row's factory, or the ``n/a`` text of why it can't run. Redis
+    runs until ``stack`` closes."""
+    systems: dict[str, SystemFactory | str] = dict(BGTASKS_SYSTEMS)
+    missing = rq_missing()
+    if missing is not None:
+        systems["rq"] = missing
+        return systems
+    try:
+        url = stack.enter_context(redis_server())
+    except Exception as exc:  # noqa: BLE001 - shown as n/a
+        systems["rq"] = describe_error(exc)
+    else:
+        systems["rq"] = functools.partial(rq_worker, url, rq_worker_class)
+    return systems
+
+
+def describe_error(exc: BaseException) -> str:
+    """``n/a (Type: message)``, the message cut to one short line."""
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > MAX_ERROR_LENGTH:
+        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
+    return f"n/a ({type(exc).__name__}: {message})"
+
+
+# Measuring -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Timings:
+    """The seconds of one row's timed runs over the rounds."""
+
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        return None if self.error or not self.seconds else statistics.median(self.seconds)
+
+
+def time_system(factory: SystemFactory, tasks: int) -> float:
+    """Seconds from the first submit until all ``tasks`` have finished, on
+    a new, warmed-up system."""
+    with factory() as system:
+        gc.collect()
+        start = time.perf_counter()
+        system.run(tasks)
+        return time.perf_counter() - start
+
+
+def rotated(keys: list[str], by: int) -> list[str]:
+    by %= len(keys)
+    return keys[by:] + keys[:by]
+
+
+def measure(systems: dict[str, SystemFactory | str], tasks: int, rounds: int) -> dict[str, Timings]:
+    timings = {
+        key: Timings(error=factory if isinstance(factory, str) else None)
+        for key, factory in systems.items()
+    }
+    for round_index in range(rounds):
+        progress(f"round {round_index + 1}/{rounds}")
+        for key in rotated(list(systems), round_index):
+            factory, record = systems[key], timings[key]
+            if isinstance(factory, str) or record.error:
+                continue
+            try:
+                record.seconds.append(time_system(factory, tasks))
+            except Exception as exc:  # noqa: BLE001 - any failure is shown as n/a
+                record.error = describe_error(exc)
+    return timings
+
+
+# Profiling -------------------------------------------------------------------
+
+
+class WatchedLock:
+    """Wraps a lock: counts how often taking it had to wait, for how long,
+    and how long it was held."""
+
+    def __init__(self, lock: t.Any) -> None:
+        self._lock = lock
+        self.taken = 0
+        self.waited = 0
+        self.wait_seconds = 0.0
+        self.held_seconds = 0.0
+        self._taken_at = 0.0
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            start = time.perf_counter()
+            self._lock.acquire()
+            self.wait_seconds += time.perf_counter() - start
+            self.waited += 1
+        # Counted while held, so no two threads count at once.
+        self.taken += 1
+        self._taken_at = time.perf_counter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.held_seconds += time.perf_counter() - self._taken_at
+        self._lock.release()
+
+    def describe(self, tasks: int, wall: float) -> str:
+        taken = max(self.taken, 1)
+        return (
+            f"The store's lock was taken {self.taken:,} times ({self.taken / tasks:.1f} per"
+            f" task) and held {self.held_seconds / taken * 1e6:,.1f} us each on average,"
+            f" {self.held_seconds / wall:.0%} of the wall time; {self.waited / taken:.0%} of"
+            f" the takes waited, {self.wait_seconds / tasks * 1e6:,.1f} us per task summed"
+            " over the threads."
+        )
+
+
+def watch_store_lock(store: TaskStore | None) -> WatchedLock | None:
+    """Put a :class:`WatchedLock` around the lock that a shared store (the
+    SQLite one) holds for each SQL statement. A private attribute, since
+    nothing public tells about contention; ``None`` for another store."""
+    lock = getattr(store, "_lock", None)
+    if store is None or not store.shared or lock is None:
+        return None
+    watched = WatchedLock(lock)
+    store._lock = watched  # type: ignore[attr-defined]
+    return watched
+
+
+@dataclasses.dataclass(frozen=True)
+class Watched:
+    """One run of a row: its wall and CPU seconds, and its store's lock."""
+
+    wall: float
+    cpu: float
+    lock: WatchedLock | None
+
+    def describe(self, tasks: int) -> str:
+        text = (
+            f"{tasks / self.wall:,.0f} tasks/s, {self.wall / tasks * 1e6:,.1f} us/task wall,"
+            f" {self.cpu / tasks * 1e6:,.1f} us/task CPU (all threads)."
+        )
+        if self.lock is not None:
+            text += "\n" + self.lock.describe(tasks, self.wall)
+        return text
+
+
+def watched_run(key: str, tasks: int, profile: cProfile.Profile | None = None) -> Watched:
+    """Run one Flask-BGTasks row once, its store's lock watched, the
+    submitting thread under ``profile`` if given."""
+    with BGTASKS_SYSTEMS[key]() as system:
+        lock = watch_store_lock(system.store)
+        gc.collect()
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        if profile is None:
+            system.run(tasks)
+        else:
+            profile.runcall(system.run, tasks)
+        wall = time.perf_counter() - wall_start
+        cpu = time.process_time() - cpu_start
+    return Watched(wall, cpu, lock)
+
+
+def profile_system(key: str, tasks: int, top: int) -> None:
+    """Run one Flask-BGTasks row once as is, then once with every thread
+    under cProfile, and print what each run shows."""
+    plain = watched_run(key, tasks)
+    print(f"{LABELS[key]}, {tasks:,} no-op tasks on {WORKERS} workers.")
+    print(f"\nWithout the profiler: {plain.describe(tasks)}")
+
+    profiles: list[cProfile.Profile] = []
+    original_run = threading.Thread.run
+
+    def profiled_run(thread: threading.Thread) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.runcall(original_run, thread)
+
+    # Every thread started from here on: the pool's workers, the store's upkeep.
+    threading.Thread.run = profiled_run  # type: ignore[method-assign,assignment]
+    try:
+        main = cProfile.Profile()
+        profiles.append(main)
+        profiled = watched_run(key, tasks, main)
+    finally:
+        threading.Thread.run = original_run  # type: ignore[method-assign]
+    print(f"\nUnder cProfile, which slows every call: {profiled.describe(tasks)}")
+    print(
+        "\nAll threads merged: the main thread submits and joins; the workers"
+        " wait for tasks in SimpleQueue.get; the store's upkeep thread waits in"
+        " Event.wait. Waits for the store's lock are in WatchedLock.__enter__.\n"
+    )
+    stats = pstats.Stats(*profiles, stream=sys.stdout)
+    stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
+    stats.sort_stats(pstats.SortKey.CUMULATIVE).print_stats(top)
+
+
+# Tables ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A table row: the system's name, then its numbers or why it has none."""
+
+    name: str
+    values: list[str]
+    error: str | None = None
+
+    def cells(self, columns: int) -> list[str]:
+        """All cells; a failed row has its error first, then ``n/a``."""
+        if self.error is None:
+            return [self.name, *self.values]
+        return [self.name, self.error, *["n/a"] * (columns - 2)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[Row]
+    #: Sentences printed under the table.
+    notes: list[str]
+
+    def cell_rows(self) -> list[list[str]]:
+        return [row.cells(len(self.header)) for row in self.rows]
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return value / baseline
+
+
+def rate(seconds: float | None, tasks: int) -> float | None:
+    return None if not seconds else tasks / seconds
+
+
+def per_task_us(seconds: float | None, tasks: int) -> float | None:
+    return None if seconds is None else seconds / tasks * 1e6
+
+
+def format_number(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def format_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def throughput_table(
+    timings: dict[str, Timings], tasks: int, rounds: int, rq_worker_class: str
+) -> Table:
+    baseline = timings[BASELINE].median
+    simple = rq_worker_class == RQ_WORKER_CLASS
+    rows = []
+    for key, record in timings.items():
+        values = [
+            format_number(rate(record.median, tasks), 0),
+            format_number(per_task_us(record.median, tasks)),
+            format_ratio(ratio(record.median, baseline)),
+        ]
+        rows.append(Row(LABELS[key], values, record.error))
+    return Table(
+        title=(
+            f"Throughput: {tasks:,} no-op tasks from the first submit until all"
+            f" finished, median of {rounds} rounds"
+        ),
+        header=["Store/system", "tasks/s", "us/task", "x memory"],
+        rows=rows,
+        notes=[
+            (
+                f"Flask-BGTasks: {WORKERS} worker threads in the submitting process,"
+                " each round a new app and a new SQLite file; noop.submit() from an"
+                " app context, then bg.join()."
+            ),
+            (
+                "RQ: jobs enqueued one by one to a local redis-server without"
+                f" persistence, run by one rq worker process of the class {rq_worker_class}"
+                f"{' (jobs run in the worker process, no fork per job)' if simple else ''};"
+                " done when the last job's result is in."
+            ),
+            "x memory: the cost per task as a multiple of the memory store's.",
+        ],
+    )
+
+
+def target_lines(timings: dict[str, Timings], tasks: int) -> list[str]:
+    """One line per goal, with a verdict for each SQLite row."""
+    baseline = timings[BASELINE].median
+    rates = {key: rate(timings[key].median, tasks) for key in SQLITE_ROWS}
+    ratios = {key: ratio(timings[key].median, baseline) for key in SQLITE_ROWS}
+    return [
+        target_line(
+            f"the SQLite store runs >= {TARGET_RATE:,.0f} no-op tasks/s",
+            {key: (value, f"{format_number(value, 0)} tasks/s") for key, value in rates.items()},
+            lambda value: value >= TARGET_RATE,
+        ),
+        target_line(
+            f"the SQLite store costs <= {TARGET_RATIO:g}x the memory store per task",
+            {key: (value, format_ratio(value)) for key, value in ratios.items()},
+            lambda value: value <= TARGET_RATIO,
+        ),
+    ]
+
+
+def target_line(
+    goal: str, values: dict[str, tuple[float | None, str]], met: t.Callable[[float], bool]
+) -> str:
+    verdicts = {key: value is not None and met(value) for key, (value, _) in values.items()}
+    if all(verdicts.values()):
+        overall = "MET"
+    elif any(verdicts.values()):
+        overall = "PARTLY MET"
+    else:
+        overall = "NOT MET"
+    details = "; ".join(
+        f"{LABELS[key].removeprefix('Flask-BGTasks, ')}: {text},"
+        f" {'met' if verdicts[key] else 'not met'}"
+        for key, (_, text) in values.items()
+    )
+    return f"Target: {goal}: {overall} ({details})"
+
+
+def render_text(table: Table) -> str:
+    """Aligned plain text: names left, numbers right. A failed row's error
+    runs on past the columns instead of widening them."""
+    complete = [row.cells(len(table.header)) for row in table.rows if row.error is None]
+    widths = [max(len(cell) for cell in column) for column in zip(table.header, *complete)]
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            cell.ljust(width) if index == 0 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths))
+        ]
+        return "  ".join(parts).rstrip()
+
+    def row_line(row: Row) -> str:
+        if row.error is None:
+            return line(row.cells(len(table.header)))
+        return "  ".join([row.name.ljust(widths[0]), row.error])
+
+    rule = "  ".join("-" * width for width in widths)
+    body = [table.title, "", line(table.header), rule, *map(row_line, table.rows), ""]
+    return "\n".join(body + table.notes)
+
+
+def render_markdown(table: Table) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    align = ["---"] + ["---:"] * (len(table.header) - 1)
+    body = [line(cells) for cells in table.cell_rows()]
+    notes = " ".join(table.notes)
+    return "\n".join([f"**{table.title}**", "", line(table.header), line(align), *body, "", notes])
+
+
+def rst_escape(text: str) -> str:
+    """Keep an error message from being read as reST markup."""
+    return "".join("\\" + char if char in "\\*`_|[]" else char for char in text)
+
+
+def render_rst(table: Table, caption: str) -> str:
+    """A ``list-table`` directive with a header row."""
+    lines = [f".. list-table:: {rst_escape(caption)}", "   :header-rows: 1", ""]
+    for first, *rest in [table.header, *table.cell_rows()]:
+        lines.append(f"   * - {rst_escape(first)}")
+        lines.extend(f"     - {rst_escape(cell)}" for cell in rest)
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    flask_version = importlib.metadata.version("flask")
+    return (
+        f"Measured on {platform.platform()}, {os.cpu_count()} CPUs,"
+        f" Python {platform.python_version()}, Flask {flask_version},"
+        f" {datetime.date.today().isoformat()}"
+    )
+
+
+def write_rst(path: str, table: Table, targets: list[str]) -> None:
+    text = "\n\n".join(
+        [
+            render_rst(table, f"{table.title}. {machine_description()}"),
+            rst_escape(" ".join(table.notes)),
+            *map(rst_escape, targets),
+        ]
+    )
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text + "\n")
+
+
+# Command line ----------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Measure the end-to-end throughput of no-op tasks with the"
+        " memory and SQLite stores of Flask-BGTasks, and with RQ."
+    )
+    parser.add_argument(
+        "--tasks", type=positive_int, default=5_000,
+        help="no-op tasks per timed run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5,
+        help="interleaved rounds; the table shows medians (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rq-worker-class", default=RQ_WORKER_CLASS, metavar="CLASS",
+        help="the RQ worker class (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the table as Markdown"
+    )
+    parser.add_argument(
+        "--rst", metavar="PATH",
+        help="also write the table as a reST list-table to PATH, for the docs",
+    )
+    parser.add_argument(
+        "--profile", choices=list(BGTASKS_SYSTEMS), metavar="ROW",
+        help="instead of the table, run this row once as is and once under"
+        " cProfile, and print where the time goes and how busy the store's lock"
+        f" is; one of: {', '.join(BGTASKS_SYSTEMS)}",
+    )
+    parser.add_argument(
+        "--top", type=positive_int, default=30,
+        help="with --profile, how many functions to list (default: %(default)s)",
+    )
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.profile:
+        profile_system(args.profile, args.tasks, args.top)
+        return
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        systems = all_systems(stack, args.rq_worker_class)
+        timings = measure(systems, args.tasks, args.rounds)
+    table = throughput_table(timings, args.tasks, args.rounds, args.rq_worker_class)
+    targets = target_lines(timings, args.tasks)
+    print(render_text(table))
+    if args.markdown:
+        print()
+        print(render_markdown(table))
+    if args.rst:
+        write_rst(args.rst, table, targets)
+        print(f"\nWrote the table as reST to {args.rst}")
+    print(f"\n{machine_description()}; took {time.perf_counter() - started:.0f} s.")
+    print("\n".join(targets))
+
+
+if __name__ == "__main__":
+    main()
