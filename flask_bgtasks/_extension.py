@@ -28,7 +28,7 @@ from .stores import TaskStore
 from .stores.memory import MemoryStore
 
 if t.TYPE_CHECKING:
-    from flask import Flask
+    from flask import Flask, Response
 
     from ._record import StoredResult, TaskRecord
     from ._result import TaskResult
@@ -78,6 +78,13 @@ class _AppState:
             self.store_pid = os.getpid()
             if not self.config.eager:
                 self.store.activate(self.recover, self.durable_names)
+
+    def flush_store(self, response: Response) -> Response:
+        """Before a response leaves, commit what the request wrote, such as
+        the tasks it submitted: a client may ask another process for them
+        next."""
+        self.store.flush()
+        return response
 
     def durable_names(self) -> list[str]:
         if self.closing:  # a process that shuts down takes nothing over
@@ -205,6 +212,7 @@ class BGTasks:
             # A worker process that serves requests runs tasks, so it takes
             # part in the store's upkeep even before it submits any.
             app.before_request(state.activate_store)
+            app.after_request(state.flush_store)
         # An app that is gone has no queued tasks (each holds its app), so
         # its idle workers may stop; without this they would wait for the
         # garbage collector to break the cycle between results and the store.
@@ -365,7 +373,8 @@ class BGTasks:
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task of any app of this extension is queued or
-        running. For tests and scripts.
+        running, and what they wrote to a shared store is committed. For
+        tests and scripts.
 
         :param timeout: The most seconds to wait.
         :return: ``True`` once idle, ``False`` if the timeout passed first.
@@ -381,6 +390,7 @@ class BGTasks:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not state.backend.join(left):
                 return False
+            state.store.flush()
         return True
 
     def on_shutdown(self, fn: F) -> F:

@@ -20,10 +20,14 @@ if t.TYPE_CHECKING:
     from ._result import TaskResult
     from .stores import TaskStore
 
+# One encoder for every call: json.dumps() with options builds a new one.
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def to_json(value: object) -> str | None:
     """``value`` as compact JSON, or ``None`` if it is not JSON."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _encoder.encode(value)
     except (TypeError, ValueError):
         return None
 

@@ -286,6 +286,7 @@ def test_cancel_queued(
         blocker = hold.submit()
         gate.wait_entered()
         queued = bg.submit(ran.set)
+        bg.store().flush()  # as a request does before its response leaves
     result = run(cancel_runner, "cancel", queued.id)
     gate.open()
     blocker.result(5)
@@ -315,6 +316,7 @@ def test_cancel_running(
     with app.app_context():
         task = loop.submit()
     assert entered.wait(5)
+    bg.store(app).flush()  # the start is written behind
     result = run(cancel_runner, "cancel", task.id)
     step.set()  # the next round of work; it then checks again
     with pytest.raises(TaskCancelled):

@@ -117,6 +117,9 @@ class TaskStore(abc.ABC):
     def __len__(self) -> int:
         """How many records the store holds now."""
 
+    def flush(self) -> None:
+        """Wait until what this process wrote is visible to other processes."""
+
     def close(self) -> None:
         """Stop the upkeep and release the store's resources. Idempotent."""
 

@@ -9,13 +9,17 @@ lease expired belongs to a process that died. A durable one is then taken
 over by a live process and run again (at least once delivery); a row that is
 not durable is marked ``failed`` with the error type ``TaskLost``.
 
-Concurrency: WAL journal, one statement per transaction (a statement is
-atomic, and ``UPDATE ... RETURNING`` claims rows), and a busy timeout, so
-writers in many processes wait for each other instead of failing.
+Concurrency: WAL journal and a busy timeout, so that writers in many
+processes wait for each other instead of failing. In each process one writer
+thread commits the writes of all its threads in batches (see
+:mod:`._writer`); reads have their own connection, and first wait for this
+process's queued writes, so a process always reads what it wrote. A single
+``UPDATE ... RETURNING`` claims rows atomically.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -25,13 +29,13 @@ import sqlite3
 import threading
 import time
 import typing as t
-import weakref
 
 from .._errors import StoreError
 from .._process import ProcessLocal
 from .._record import StoredResult, TaskRecord, to_json
 from .._result import TaskStatus, as_datetime, short_repr
 from . import Recover, TaskNames, TaskStore
+from ._writer import Statement, Writer
 
 if t.TYPE_CHECKING:
     from .._result import TaskResult
@@ -63,8 +67,6 @@ CREATE TABLE IF NOT EXISTS bgtasks_task (
     started_at REAL,
     finished_at REAL
 );
-CREATE INDEX IF NOT EXISTS bgtasks_task_owner
-    ON bgtasks_task (owner) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS bgtasks_task_lease
     ON bgtasks_task (lease_until) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS bgtasks_task_finished
@@ -73,6 +75,8 @@ CREATE INDEX IF NOT EXISTS bgtasks_task_submitted ON bgtasks_task (submitted_at)
 """
 
 _store_numbers = itertools.count()
+_NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
+_NO_VALUE = '{"value":null}'
 
 
 class SQLiteStore(TaskStore, ProcessLocal):
@@ -99,12 +103,18 @@ class SQLiteStore(TaskStore, ProcessLocal):
         ProcessLocal.__init__(self)
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
+        self._writer = Writer(
+            self._connect, f"bgtasks-store-{self._number}", self.upkeep, self.lease / 3, BUSY_TIMEOUT
+        )
+        # One reading connection per thread: a shared one would make the
+        # threads wait for each other's reads, which WAL lets run at once.
+        self._readers = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._live: dict[str, TaskResult[t.Any]] = {}
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._recover: Recover = lambda record: False
+        self._task_names: TaskNames = lambda: ()
 
     # -- the connection -------------------------------------------------
 
@@ -157,32 +167,18 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " away and a new one is created."
         )
 
-    def _run(self, sql: str, params: t.Mapping[str, t.Any] | t.Sequence[t.Any] = ()) -> _Done:
-        """Run one statement, its own transaction, and return its cursor
-        with every row fetched."""
+    def _read(self, sql: str, params: t.Sequence[t.Any] = (), flush: bool = True) -> list[sqlite3.Row]:
+        """Run a query on the reading connection; with ``flush``, after this
+        process's queued writes are committed."""
         self._check_process()
-        with self._lock:
-            if self._db is None:
-                self._db = self._connect()
-            deadline = time.monotonic() + BUSY_TIMEOUT
-            while True:
-                try:
-                    cursor = self._db.execute(sql, params)
-                    # Fetch now: the statement runs to its end, under the lock.
-                    rows = cursor.fetchall()
-                    return _Done(rows, cursor.rowcount)
-                except sqlite3.OperationalError as exc:
-                    # The busy handler already waited; this is the rare
-                    # "locked" it gives up on at once. Try again, up to the
-                    # same timeout, rather than fail the user's request.
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise StoreError(
-                            f"The task store {self.path} stayed locked for"
-                            f" {BUSY_TIMEOUT:g} s: {exc}."
-                        ) from exc
-                    self._stop.wait(0.005)
+        if flush:
+            self._writer.flush()
+        reader: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if reader is None:
+            reader = self._readers.db = self._connect()
+            with self._readers_lock:
+                self._all_readers.append(reader)
+        return reader.execute(sql, params).fetchall()
 
     # -- the life of a task ---------------------------------------------
 
@@ -193,10 +189,12 @@ class SQLiteStore(TaskStore, ProcessLocal):
     def add(
         self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
     ) -> None:
-        arguments = to_json({"args": list(args), "kwargs": kwargs})
+        arguments = to_json({"args": args, "kwargs": kwargs}) if args or kwargs else _NO_ARGUMENTS
         if arguments is None:
             arguments = json.dumps({"repr": short_repr((args, kwargs))})
-        self._run(
+        # A durable task is committed before submit returns, so that it is
+        # never lost; other tasks are written behind.
+        self._writer.write(
             "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
             " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (
@@ -209,14 +207,32 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 time.time() + self.lease,
                 result.submitted_at.timestamp(),
             ),
+            wait=result.durable,
         )
 
     def discard(self, result: TaskResult[t.Any]) -> None:
         self._live.pop(result.id, None)
-        self._run("DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (result.id, self._owner))
+        self._writer.write(
+            "DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (result.id, self._owner)
+        )
 
     def started(self, result: TaskResult[t.Any]) -> bool:
-        done = self._run(
+        # A read, not waiting for the writes: the row may not be written yet,
+        # but if it says the task was cancelled or taken over, it is so.
+        rows = self._read(
+            "SELECT status, owner FROM bgtasks_task WHERE id = ?", (result.id,), flush=False
+        )
+        if rows and (rows[0][0] == "cancelled" or rows[0][1] != self._owner):
+            self._live.pop(result.id, None)  # the record is not ours to finish
+            return False
+
+        def too_late(statement: Statement) -> None:
+            if statement.rowcount == 0:
+                _cancelled_as_it_started(result)
+
+        # Kept on the result, so that finished() can drop it if it is still
+        # queued then: a quick task is written once, when it finishes.
+        result.__dict__["_start_write"] = self._writer.write(
             "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
             " started_at = coalesce(started_at, ?), lease_until = ?"
             " WHERE id = ? AND owner = ? AND status = 'queued'",
@@ -227,21 +243,19 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 result.id,
                 self._owner,
             ),
+            then=too_late,
         )
-        if done.rowcount == 1:
-            return True
-        self._live.pop(result.id, None)  # the record is not ours to finish
-        return False
+        return True
 
     def changed(self, result: TaskResult[t.Any]) -> None:
-        self._run(
+        self._writer.write(
             "UPDATE bgtasks_task SET status = ?, progress = ?, errors = ?,"
             " cancel_requested = max(cancel_requested, ?)"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
             (
                 result.status.value,
                 _progress(result),
-                json.dumps(result.errors),
+                _errors(result),
                 int(result._cancel_requested),
                 result.id,
                 self._owner,
@@ -250,52 +264,56 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
         self._live.pop(result.id, None)
+        start_write: Statement | None = result.__dict__.pop("_start_write", None)
+        if start_write is not None:
+            # This write sets what it would have; a cancel from another
+            # process in between makes this one change nothing, as it would.
+            start_write.skip = True
         if result.released:
             # Shutdown stopped a durable task: back to the queue, with no
             # owner and no lease, so the next process takes it at once.
             # Being ended set its cancel flag, which is not a request to stop:
             # clear it, or the next process would cancel the task.
-            self._run(
+            self._writer.write(
                 "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
                 " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
                 " WHERE id = ? AND owner = ? AND finished_at IS NULL",
-                (_progress(result), json.dumps(result.errors), result.id, self._owner),
+                (_progress(result), _errors(result), result.id, self._owner),
             )
             return
         outcome = None
         if result.status is TaskStatus.SUCCEEDED:
-            outcome = to_json({"value": value}) or json.dumps({"repr": short_repr(value)})
-        done = self._run(
+            outcome = (
+                _NO_VALUE
+                if value is None
+                else to_json({"value": value}) or to_json({"repr": short_repr(value)})
+            )
+        self._writer.write(
             "UPDATE bgtasks_task SET status = ?, outcome = ?, progress = ?, errors = ?,"
-            " cancel_requested = max(cancel_requested, ?), finished_at = ?, lease_until = 0"
+            " cancel_requested = max(cancel_requested, ?), attempt = ?,"
+            " started_at = coalesce(started_at, ?), finished_at = ?, lease_until = 0"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
             (
                 result.status.value,
                 outcome,
                 _progress(result),
-                json.dumps(result.errors),
+                _errors(result),
                 int(result._cancel_requested),
+                result.attempt,
+                result._started,
                 result._finished,
                 result.id,
                 self._owner,
             ),
+            then=functools.partial(_check_stored, result, self.lease),
         )
-        if done.rowcount == 0:
-            logger.warning(
-                "Task %r (id %s) ended here as %s, but its record belongs to another"
-                " process now: this process stopped renewing its lease for longer"
-                " than BGTASKS_STORE_LEASE (%g s), so another one took it over. The"
-                " outcome here is not stored.",
-                result.name,
-                result.id,
-                result.status.value,
-                self.lease,
-            )
 
     def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
-        rows = self._run(
-            "SELECT cancel_requested, status FROM bgtasks_task WHERE id = ?", (result.id,)
-        ).fetchall()
+        rows = self._read(
+            "SELECT cancel_requested, status FROM bgtasks_task WHERE id = ?",
+            (result.id,),
+            flush=False,
+        )
         return bool(rows) and (bool(rows[0][0]) or rows[0][1] == "cancelled")
 
     # -- lookups --------------------------------------------------------
@@ -309,19 +327,19 @@ class SQLiteStore(TaskStore, ProcessLocal):
         return self._live.get(task_id)
 
     def record(self, task_id: str) -> TaskRecord | None:
-        rows = self._run(
+        rows = self._read(
             "SELECT * FROM bgtasks_task WHERE id = ? AND (finished_at IS NULL OR ? IS NULL"
             " OR finished_at > ?)",
             (task_id, self.ttl, time.time() - (self.ttl or 0)),
-        ).fetchall()
+        )
         return make_record(rows[0]) if rows else None
 
     def records(self, status: TaskStatus | None = None, limit: int = 50) -> list[TaskRecord]:
-        rows = self._run(
+        rows = self._read(
             "SELECT * FROM bgtasks_task WHERE (? IS NULL OR status = ?) AND (finished_at IS"
             " NULL OR ? IS NULL OR finished_at > ?) ORDER BY submitted_at DESC LIMIT ?",
             (status, status, self.ttl, time.time() - (self.ttl or 0), limit),
-        ).fetchall()
+        )
         return [make_record(row) for row in rows]
 
     def cancel(self, task_id: str) -> bool:
@@ -330,13 +348,14 @@ class SQLiteStore(TaskStore, ProcessLocal):
             return live.cancel()
         # One statement decides, atomically, against the owner's start.
         # SET expressions see the row as it was before the update.
-        rows = self._run(
+        rows = self._writer.write(
             "UPDATE bgtasks_task SET cancel_requested = 1,"
             " status = CASE status WHEN 'queued' THEN 'cancelled' ELSE status END,"
             " finished_at = CASE status WHEN 'queued' THEN ? ELSE finished_at END"
             " WHERE id = ? AND finished_at IS NULL RETURNING status",
             (time.time(), task_id),
-        ).fetchall()
+            wait=True,
+        ).rows
         if rows:
             return bool(rows[0][0] == "cancelled")
         # Finished already: as Future.cancel(), True if that was a cancel.
@@ -344,38 +363,29 @@ class SQLiteStore(TaskStore, ProcessLocal):
         return record is not None and record.status is TaskStatus.CANCELLED
 
     def purge(self, older_than: float) -> int:
-        return self._run(
-            "DELETE FROM bgtasks_task WHERE finished_at < ?", (time.time() - older_than,)
+        return self._writer.write(
+            "DELETE FROM bgtasks_task WHERE finished_at < ?", (time.time() - older_than,), wait=True
         ).rowcount
 
     def __len__(self) -> int:
-        return int(self._run("SELECT count(*) FROM bgtasks_task").fetchall()[0][0])
+        return int(self._read("SELECT count(*) FROM bgtasks_task")[0][0])
 
     # -- upkeep ---------------------------------------------------------
 
     def activate(self, recover: Recover, task_names: TaskNames) -> None:
-        """Start the upkeep thread of this process: it renews the leases of
-        this process's tasks, takes over the durable tasks of dead
-        processes, marks their other tasks lost, and deletes expired
-        records, every third of the lease."""
+        """Start this process's writer thread, which also does the upkeep
+        every third of the lease: it renews the leases of this process's
+        tasks, takes over the durable tasks of dead processes, marks their
+        other tasks lost, and deletes expired records."""
         self._check_process()
-        with self._lock:
-            if self._thread is not None or self._stop.is_set():
-                return
-            self._recover = recover
-            self._task_names = task_names
-            self._thread = threading.Thread(
-                target=_upkeep,
-                args=(weakref.ref(self), self._stop, self.lease / 3),
-                name=f"bgtasks-store-{self._number}",
-                daemon=True,
-            )
-            self._thread.start()
+        self._recover = recover
+        self._task_names = task_names
+        self._writer.start()
 
     def upkeep(self) -> None:
-        """One round of upkeep; the upkeep thread calls it."""
+        """One round of upkeep; the writer thread calls it."""
         now = time.time()
-        self._run(
+        self._writer.write(
             "UPDATE bgtasks_task SET lease_until = ? WHERE owner = ? AND finished_at IS NULL",
             (now + self.lease, self._owner),
         )
@@ -383,14 +393,17 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._take_over(now)
         self._evict(now)
 
+    def _upkeep_write(self, sql: str, params: t.Any) -> Statement:
+        return self._writer.write(sql, params, wait=True)
+
     def _mark_lost(self, now: float) -> None:
         # Tasks of dead processes that someone asked to stop: done with.
-        self._run(
+        self._upkeep_write(
             "UPDATE bgtasks_task SET status = 'cancelled', finished_at = ?, lease_until = 0"
             " WHERE finished_at IS NULL AND lease_until < ? AND cancel_requested = 1",
             (now, now),
         )
-        rows = self._run(
+        rows = self._upkeep_write(
             "UPDATE bgtasks_task SET status = 'failed', finished_at = :now, lease_until = 0,"
             " errors = json_insert(errors, '$[#]', json_object("
             "   'attempt', attempt, 'type', 'TaskLost', 'traceback', '', 'at', :now,"
@@ -398,7 +411,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " finishing it. It is not durable, so it does not run again.'))"
             " WHERE finished_at IS NULL AND durable = 0 AND lease_until < :now RETURNING id, name",
             {"now": now},
-        ).fetchall()
+        ).rows
         for task_id, name in rows:
             logger.error(
                 "Task %r (id %s) was lost: its process stopped without finishing it.",
@@ -417,13 +430,13 @@ class SQLiteStore(TaskStore, ProcessLocal):
         marks = ", ".join("?" * len(names))
         owner = "owner IS NULL" if released else "owner IS NOT NULL"
         while True:
-            rows = self._run(
+            rows = self._upkeep_write(
                 "UPDATE bgtasks_task SET owner = ?, lease_until = ?, status = 'queued',"
                 " progress = NULL WHERE id IN (SELECT id FROM bgtasks_task WHERE"
                 f" finished_at IS NULL AND durable = 1 AND lease_until < ? AND {owner}"
                 f" AND name IN ({marks}) ORDER BY submitted_at LIMIT ?) RETURNING *",
                 (self._owner, now + self.lease, now, *names, RECOVER_BATCH),
-            ).fetchall()
+            ).rows
             refused = []
             for row in rows:
                 record = make_record(row)
@@ -452,7 +465,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 if not self._recover(record):
                     refused.append(record.id)
             if refused:
-                self._run(
+                self._upkeep_write(
                     "UPDATE bgtasks_task SET owner = NULL, lease_until = 0 WHERE owner = ?"
                     f" AND status = 'queued' AND id IN ({', '.join('?' * len(refused))})",
                     (self._owner, *refused),
@@ -462,23 +475,51 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     def _evict(self, now: float) -> None:
         if self.ttl is not None:
-            self._run("DELETE FROM bgtasks_task WHERE finished_at < ?", (now - self.ttl,))
-        self._run(
+            self._upkeep_write("DELETE FROM bgtasks_task WHERE finished_at < ?", (now - self.ttl,))
+        self._upkeep_write(
             "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
             " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)",
             (self.max_results,),
         )
 
+    def flush(self) -> None:
+        self._writer.flush()
+
     def close(self) -> None:
         self._check_process()
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._writer.close()
+        with self._readers_lock:
+            readers, self._all_readers = self._all_readers, []
+            self._readers = threading.local()
+        for reader in readers:
+            reader.close()
+
+
+def _cancelled_as_it_started(result: TaskResult[t.Any]) -> None:
+    # Another process cancelled the task in the moment between a worker
+    # taking it and its start being written: it runs, so ask it to stop.
+    result._cancel_requested = True
+    logger.warning(
+        "Task %r (id %s) was cancelled from another process just as it started;"
+        " it was asked to stop.",
+        result.name,
+        result.id,
+    )
+
+
+def _check_stored(result: TaskResult[t.Any], lease: float, statement: Statement) -> None:
+    if statement.rowcount:
+        return
+    logger.warning(
+        "Task %r (id %s) ended here as %s, but its record was finished"
+        " elsewhere first: cancelled by another process just as it started, or"
+        " taken over after this process failed to renew its lease for"
+        " BGTASKS_STORE_LEASE (%g s). The outcome here is not stored.",
+        result.name,
+        result.id,
+        result.status.value,
+        lease,
+    )
 
 
 def make_record(row: sqlite3.Row) -> TaskRecord:
@@ -507,31 +548,12 @@ def make_record(row: sqlite3.Row) -> TaskRecord:
     )
 
 
-class _Done:
-    """What a statement returned: its rows, and the rows it changed."""
-
-    def __init__(self, rows: list[sqlite3.Row], rowcount: int) -> None:
-        self._rows = rows
-        self.rowcount = rowcount
-
-    def fetchall(self) -> list[sqlite3.Row]:
-        return self._rows
-
-
 def _progress(result: TaskResult[t.Any]) -> str | None:
     progress = result.progress
-    return None if progress is None else json.dumps(progress)
+    return None if progress is None else to_json(progress)
 
 
-def _upkeep(store_ref: weakref.ref[SQLiteStore], stop: threading.Event, interval: float) -> None:
-    while True:
-        store = store_ref()
-        if store is None:
-            return
-        try:
-            store.upkeep()
-        except Exception:
-            logger.exception("The task store's upkeep failed; it tries again in %g s.", interval)
-        del store
-        if stop.wait(interval):
-            return
+def _errors(result: TaskResult[t.Any]) -> str:
+    if not result._errors:
+        return "[]"
+    return to_json(result.errors) or "[]"  # error_info() makes JSON values
