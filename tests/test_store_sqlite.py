@@ -490,3 +490,40 @@ def test_deadline_releases_durable_tasks_unless_asked_to_stop(
         # Ending it set its own cancel flag; that is no request to stop.
         assert (row["status"], row["owner"], row["cancel_requested"]) == ("queued", None, 0)
         assert json.loads(row["errors"]) == []  # not a failure of the task
+
+
+def held_write_lock(db: str) -> sqlite3.Connection:
+    """Another process's transaction, which holds the file's write lock."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_submit_is_in_the_file_before_the_response_leaves(
+    store_app: Flask, bg: BGTasks, db: str, durable: bool
+) -> None:
+    @bg.task(durable=durable, name="tests.written")
+    def written() -> None: ...
+
+    @store_app.post("/submit")
+    def submit() -> dict[str, str]:
+        return {"id": written.submit().id}
+
+    client = store_app.test_client()
+    client.get("/")  # starts the writer thread, as a server's first request does
+    answers: list[str] = []
+    lock = held_write_lock(db)
+    thread = threading.Thread(target=lambda: answers.append(client.post("/submit").json["id"]))  # type: ignore[index]
+    thread.start()
+    try:
+        # While another process holds the write lock, the task can't be
+        # committed, so the response does not leave.
+        thread.join(0.5)
+        assert thread.is_alive() and answers == []
+    finally:
+        lock.execute("COMMIT")
+        lock.close()
+    thread.join(10)
+    assert set(rows(db)) == set(answers)  # read without waiting for anything
+    bg.join(5)

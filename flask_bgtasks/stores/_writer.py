@@ -219,7 +219,7 @@ class Writer(ProcessLocal):
                         self._run_statement(statement)
                 finally:
                     self._execute("COMMIT")
-            except sqlite3.Error as exc:
+            except Exception as exc:  # a waiter must never wait forever
                 error = StoreError(f"The task store could not write: {exc}.")
                 logger.error("%s", error)
                 for statement in batch:
@@ -233,7 +233,7 @@ class Writer(ProcessLocal):
             cursor = self._execute(statement.sql, statement.params)
             statement.rows = cursor.fetchall()
             statement.rowcount = cursor.rowcount
-        except sqlite3.Error as exc:
+        except Exception as exc:
             # One bad statement does not undo the others of its batch.
             statement.error = StoreError(f"A task store statement failed: {exc}.")
             logger.error("%s (%s)", statement.error, statement.sql)
