@@ -37,6 +37,9 @@ class Config:
     store: tuple[str, str | None]
     durable: bool
     store_lease: float
+    #: Whether the HTTP status API is registered, and under which prefix.
+    api: bool
+    api_prefix: str
 
 
 def default_max_workers() -> int:
@@ -57,6 +60,8 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_STORE", "memory")
     config.setdefault("BGTASKS_DURABLE", False)
     config.setdefault("BGTASKS_STORE_LEASE", 15.0)
+    config.setdefault("BGTASKS_API", False)
+    config.setdefault("BGTASKS_API_PREFIX", "/tasks")
 
 
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
@@ -93,6 +98,8 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         store=store,
         durable=durable,
         store_lease=_lease(config["BGTASKS_STORE_LEASE"]),
+        api=_bool("BGTASKS_API", config["BGTASKS_API"]),
+        api_prefix=_prefix(config["BGTASKS_API_PREFIX"]),
     )
 
 
@@ -180,6 +187,18 @@ def _lease(value: object) -> float:
             f" third of itself. Got {value!r}; the default is 15."
         )
     return seconds
+
+
+def _prefix(value: object) -> str:
+    key = "BGTASKS_API_PREFIX"
+    if not isinstance(value, str):
+        raise ConfigTypeError(f"{key} must be a URL path such as '/tasks'; got {_show(value)}.")
+    if not value.startswith("/") or value.endswith("/") or "<" in value or len(value) < 2:
+        raise ConfigError(
+            f"{key} must be a URL path that starts with '/' and does not end with"
+            f" one, without variables, such as '/tasks' or '/api/jobs'; got {value!r}."
+        )
+    return value
 
 
 def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:

@@ -16,7 +16,7 @@ from ._context import (
     send_cancelled,
 )
 from ._current import running_task
-from ._errors import QueueFull, ShutdownError, UsageError
+from ._errors import ConfigError, QueueFull, ShutdownError, UsageError
 from ._lifecycle import ShutdownSummary, drain_at_exit
 from ._result import TaskStatus
 from ._task import Task
@@ -36,6 +36,8 @@ if t.TYPE_CHECKING:
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
 F = t.TypeVar("F", bound=t.Callable[[], object])
+A = t.TypeVar("A", bound=t.Callable[["TaskRecord"], bool])
+V = t.TypeVar("V", bound=t.Callable[..., t.Any])
 
 logger = logging.getLogger("flask_bgtasks")
 
@@ -180,6 +182,7 @@ class BGTasks:
         self._shutdown_hooks: list[t.Callable[[], object]] = []
         #: Every task declared with this instance, by name.
         self._tasks: dict[str, Task[..., t.Any]] = {}
+        self._authorize: t.Callable[[TaskRecord], bool] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -208,6 +211,18 @@ class BGTasks:
         from ._cli import cli  # here, so that importing the package stays light
 
         app.cli.add_command(cli)
+        if config.api:
+            if self._authorize is None:
+                raise ConfigError(
+                    "BGTASKS_API is True, but no authorization callback is"
+                    " registered, and the API must not show every task to"
+                    " everyone. Decorate a function with @bg.authorize before"
+                    " init_app(): it gets each task's record and returns"
+                    " whether the current user may see and cancel it."
+                )
+            from ._http import make_blueprint
+
+            app.register_blueprint(make_blueprint(self, config.api_prefix))
         if state.store.shared:
             # A worker process that serves requests runs tasks, so it takes
             # part in the store's upkeep even before it submits any.
@@ -244,6 +259,8 @@ class BGTasks:
         retries: int = ...,
         retry_backoff: float = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        expose_result: bool = ...,
+        expose_error: bool = ...,
     ) -> Task[P, R]: ...
 
     @t.overload
@@ -261,6 +278,8 @@ class BGTasks:
         retries: int = ...,
         retry_backoff: float = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        expose_result: bool = ...,
+        expose_error: bool = ...,
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -277,6 +296,8 @@ class BGTasks:
         retries: int = 0,
         retry_backoff: float = 1.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        expose_result: bool = False,
+        expose_error: bool = False,
     ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
         """Make a function a background task. Use bare or with options.
 
@@ -305,6 +326,10 @@ class BGTasks:
         :param retry_backoff: Seconds before the first retry, doubled for
             each next one, with jitter.
         :param retry_on: The exception types that are worth a retry.
+        :param expose_result: Let the HTTP API (:doc:`/http`) show the return
+            value; by default it shows only the status.
+        :param expose_error: Let the HTTP API show a failed task's error
+            message and traceback; by default it shows only the type.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
             or an option has the wrong type.
         """
@@ -322,6 +347,8 @@ class BGTasks:
                 retries=retries,
                 retry_backoff=retry_backoff,
                 retry_on=retry_on,
+                expose_result=expose_result,
+                expose_error=expose_error,
             )
             # By name, so that a durable task left by a dead process can be
             # found again. The last declaration of a name wins.
@@ -392,6 +419,63 @@ class BGTasks:
                 return False
             state.store.flush()
         return True
+
+    def authorize(self, fn: A) -> A:
+        """Register the function that decides who may see and cancel a task
+        through the HTTP API (:doc:`/http`). Required when ``BGTASKS_API``
+        is on; register it before ``init_app``.
+
+        It is called in the request, with the task's :class:`TaskRecord`,
+        and returns whether the current user may see it. A task it refuses
+        answers exactly like an unknown id: ``404``.
+
+        .. code-block:: python
+
+            @bg.authorize
+            def may_see(record):
+                return record.kwargs.get("user_id") == session.get("user_id")
+
+        .. versionadded:: 0.1
+        """
+        self._authorize = fn
+        return fn
+
+    @t.overload
+    def background_view(self, view: V, /) -> V: ...
+    @t.overload
+    def background_view(self, view: None = None, /, *, pool: str = ...) -> t.Callable[[V], V]: ...
+    def background_view(
+        self, view: V | None = None, /, *, pool: str = _config.DEFAULT_POOL
+    ) -> V | t.Callable[[V], V]:
+        """Run a view in the background: the request answers ``202
+        Accepted`` at once, with the task's id and a ``Location`` header
+        that points at its status in the HTTP API. Once it has finished,
+        the status links to a result URL that answers with the view's own
+        response. Put it under the route decorator.
+
+        .. code-block:: python
+
+            @app.post("/reports")
+            @bg.background_view
+            def make_report():
+                return render_template("report.html", rows=slow_query())
+
+        The view runs as a task with a copy of the request
+        (``copy_request=True``). An exception it raises is logged, and its
+        result URL answers ``500``.
+
+        :param pool: The pool it runs on.
+
+        .. versionadded:: 0.1
+        """
+        from ._http import background_view
+
+        def decorate(view: V) -> V:
+            return t.cast(V, background_view(self, view, pool))
+
+        if view is None:
+            return decorate
+        return decorate(view)
 
     def on_shutdown(self, fn: F) -> F:
         """Register a function to call once per app, in its app context,

@@ -41,6 +41,9 @@ class Task(t.Generic[P, R]):
     .. versionadded:: 0.1
     """
 
+    # Set on the tasks that run a view for @bg.background_view.
+    _view = False
+
     def __init__(
         self,
         extension: BGTasks,
@@ -55,6 +58,8 @@ class Task(t.Generic[P, R]):
         retries: int = 0,
         retry_backoff: float = 1.0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        expose_result: bool = False,
+        expose_error: bool = False,
     ) -> None:
         if not callable(fn):
             raise InvalidTaskError(
@@ -96,6 +101,15 @@ class Task(t.Generic[P, R]):
                 f"Task {name!r}: 'durable' must be True, False or None (follow"
                 f" BGTASKS_DURABLE), got {durable!r}."
             )
+        for option, value in (("expose_result", expose_result), ("expose_error", expose_error)):
+            if not isinstance(value, bool):
+                raise InvalidTaskError(
+                    f"Task {name!r}: {option!r} must be True or False, got {value!r}."
+                )
+        #: Whether the HTTP API shows the return value, and the error's
+        #: message and traceback, rather than only the error's type.
+        self.expose_result = expose_result
+        self.expose_error = expose_error
         self.retry = _retry_policy(name, retries, retry_backoff, retry_on)
         self.fn = fn
         #: ``True`` or ``False``, or ``None`` to follow ``BGTASKS_DURABLE``.

@@ -1,0 +1,295 @@
+"""The HTTP side: the status API blueprint, its Server-Sent Events stream,
+and ``@bg.background_view``.
+
+Imported by ``init_app`` only when ``BGTASKS_API`` is on, or by
+``background_view``. Every answer about a task goes through the app's
+authorization callback, and a task the caller may not see answers exactly
+as an id that never existed.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import re
+import threading
+import time
+import typing as t
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
+from werkzeug.exceptions import HTTPException
+
+from ._errors import UsageError
+from ._result import TaskStatus
+
+if t.TYPE_CHECKING:
+    from ._extension import BGTasks
+    from ._record import TaskRecord
+    from ._task import Task
+
+#: What a task id looks like: URL-safe base64 of 16 random bytes (22
+#: characters); a little slack, and nothing else reaches a store.
+_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+#: Seconds a client should wait before it asks again about an unfinished task.
+RETRY_AFTER = 1
+#: How often the event stream reads the store, and sends a comment to keep
+#: the connection open when nothing changed.
+EVENTS_POLL = 0.25
+EVENTS_KEEPALIVE = 15.0
+
+Authorize = t.Callable[["TaskRecord"], bool]
+
+
+def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
+    """The status API for the apps of ``bg``, mounted at ``prefix``."""
+    bp = Blueprint("bgtasks_api", __name__, url_prefix=prefix)
+
+    def find(task_id: str) -> TaskRecord:
+        # Malformed, unknown, expired and forbidden ids all end here alike.
+        if not _ID.fullmatch(task_id):
+            raise _NotFound()
+        record = bg.store().record(task_id)
+        if record is None or not _authorized(bg, record):
+            raise _NotFound()
+        return record
+
+    @bp.get("/<task_id>")
+    def status(task_id: str) -> Response:
+        record = find(task_id)
+        return _status_response(bg, record)
+
+    @bp.post("/<task_id>/cancel")
+    def cancel(task_id: str) -> Response:
+        _check_same_origin()
+        record = find(task_id)
+        if not record.done():
+            bg.store().cancel(task_id)
+            record = bg.store().record(task_id) or record
+        response = _status_response(bg, record)
+        response.status_code = 202
+        return response
+
+    # The same, for clients that prefer DELETE on the task's own URL.
+    bp.add_url_rule("/<task_id>", "delete", cancel, methods=["DELETE"])
+
+    @bp.get("/<task_id>/events")
+    def events(task_id: str) -> Response:
+        record = find(task_id)
+        stream = stream_with_context(_event_stream(bg, record))
+        response = Response(stream, mimetype="text/event-stream")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
+        return response
+
+    @bp.get("/<task_id>/result")
+    def result(task_id: str) -> Response:
+        record = find(task_id)
+        task = bg._tasks.get(record.name)
+        if task is None or not task._view:
+            raise _NotFound()
+        if not record.done():
+            response = _status_response(bg, record)
+            response.status_code = 202
+            return response
+        return _view_response(record)
+
+    @bp.errorhandler(_NotFound)
+    def not_found(error: _NotFound) -> tuple[Response, int]:
+        return _error(404, "No task with this id."), 404
+
+    @bp.errorhandler(_Forbidden)
+    def forbidden(error: _Forbidden) -> tuple[Response, int]:
+        return _error(403, str(error.description)), 403
+
+    return bp
+
+
+class _NotFound(HTTPException):
+    code = 404
+
+
+class _Forbidden(HTTPException):
+    code = 403
+
+
+def _error(code: int, message: str) -> Response:
+    response = jsonify(error={"code": code, "message": message})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _authorized(bg: BGTasks, record: TaskRecord) -> bool:
+    authorize = bg._authorize
+    if authorize is None:  # pragma: no cover - init_app refuses the API without it
+        return False
+    return bool(authorize(record))
+
+
+def _check_same_origin() -> None:
+    """Refuse a state change that a page of another site could have sent.
+
+    A cross-site form or script can't set a custom header without the
+    browser asking this server first (CORS), which it does not allow; and
+    browsers say where a request comes from in ``Sec-Fetch-Site`` and
+    ``Origin``.
+    """
+    if not request.headers.get("X-Requested-With"):
+        raise _Forbidden(
+            "Send the header 'X-Requested-With' (any value) to cancel a task:"
+            " it shows that the request does not come from a form of another site."
+        )
+    site = request.headers.get("Sec-Fetch-Site")
+    origin = request.headers.get("Origin")
+    if (site is not None and site not in ("same-origin", "none")) or (
+        origin is not None and urlsplit(origin).netloc != request.host
+    ):
+        raise _Forbidden("Tasks can only be cancelled from pages of this site.")
+
+
+def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
+    """What the status API says about a task."""
+    task = bg._tasks.get(record.name)
+    body: dict[str, t.Any] = {
+        "id": record.id,
+        "name": record.name,
+        "status": record.status.value,
+        "progress": record.progress,
+        "attempt": record.attempt,
+        "cancel_requested": record.cancel_requested,
+        "submitted_at": record.submitted_at.isoformat(),
+        "started_at": None if record.started_at is None else record.started_at.isoformat(),
+        "finished_at": None if record.finished_at is None else record.finished_at.isoformat(),
+        "links": {
+            "self": url_for("bgtasks_api.status", task_id=record.id),
+            "cancel": url_for("bgtasks_api.cancel", task_id=record.id),
+            "events": url_for("bgtasks_api.events", task_id=record.id),
+        },
+    }
+    if task is not None and task._view:
+        body["links"]["result"] = url_for("bgtasks_api.result", task_id=record.id)
+    elif (
+        record.status is TaskStatus.SUCCEEDED
+        and task is not None
+        and task.expose_result
+        and record.result_repr is None
+    ):
+        body["result"] = record.result
+    error = record.error
+    if error is not None:
+        body["error"] = {"type": error["type"]}
+        if task is not None and task.expose_error:
+            body["error"].update(message=error["message"], traceback=error["traceback"])
+    return body
+
+
+def _status_response(bg: BGTasks, record: TaskRecord) -> Response:
+    response = jsonify(status_json(bg, record))
+    # A status changes: no proxy or browser may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    if not record.done():
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
+
+
+def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
+    """``status`` events, one per change, until the task has finished."""
+    pause = threading.Event()  # never set: the pause between two reads
+    last = None
+    quiet_since = time.monotonic()
+    while True:
+        body = status_json(bg, record)
+        data = json.dumps(body, separators=(",", ":"))
+        if data != last:
+            last = data
+            quiet_since = time.monotonic()
+            yield f"event: status\ndata: {data}\n\n"
+        elif time.monotonic() - quiet_since > EVENTS_KEEPALIVE:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        if record.done():
+            return
+        pause.wait(EVENTS_POLL)
+        # The store is the truth, also for a task of another process.
+        record = bg.store().record(record.id) or record
+
+
+# -- background views -------------------------------------------------------
+
+
+def background_view(bg: BGTasks, view: t.Callable[..., t.Any], pool: str) -> t.Callable[..., t.Any]:
+    """Wrap a view: run it as a task, answer ``202 Accepted`` at once."""
+    from ._task import Task
+
+    name = f"{view.__module__}.{view.__qualname__}"
+    task: Task[..., dict[str, t.Any]] = Task(
+        bg,
+        functools.partial(_run_view, view),
+        name=name,
+        pool=pool,
+        copy_request=True,
+        # It runs from the copy of its request, which no store keeps.
+        durable=False,
+    )
+    task._view = True
+    bg._tasks[name] = task
+
+    @functools.wraps(view)
+    def start(**view_args: t.Any) -> Response:
+        if "bgtasks_api" not in current_app.blueprints:
+            raise UsageError(
+                f"The background view {name!r} needs the status API, to tell"
+                " the client where its result will be. Set BGTASKS_API = True"
+                " and register an authorization callback with @bg.authorize."
+            )
+        result = task.submit(**view_args)
+        status_url = url_for("bgtasks_api.status", task_id=result.id)
+        response = jsonify(
+            id=result.id,
+            status_url=status_url,
+            result_url=url_for("bgtasks_api.result", task_id=result.id),
+        )
+        response.status_code = 202
+        response.headers["Location"] = status_url
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return start
+
+
+def _run_view(view: t.Callable[..., t.Any], **view_args: t.Any) -> dict[str, t.Any]:
+    # Runs in the task, in a request context made from the copy of the
+    # request: the view sees its URL, arguments, headers and body.
+    try:
+        rv = view(**view_args)
+    except HTTPException as exc:  # abort(404) and friends, as in a request
+        rv = current_app.handle_http_exception(exc)
+    response = current_app.make_response(rv)
+    body = response.get_data()
+    return {
+        "status": response.status_code,
+        "headers": [[key, value] for key, value in response.headers.items()],
+        "body": base64.b64encode(body).decode("ascii"),
+    }
+
+
+def _view_response(record: TaskRecord) -> Response:
+    if record.status is not TaskStatus.SUCCEEDED or not isinstance(record.result, dict):
+        # Its traceback is in the log; the client learns only that it failed.
+        status = 500 if record.status is TaskStatus.FAILED else 409
+        message = (
+            "The request failed on the server."
+            if status == 500
+            else "The request was cancelled before it finished."
+        )
+        response = _error(status, message)
+        response.status_code = status
+        return response
+    stored = record.result
+    response = Response(base64.b64decode(stored["body"]), status=stored["status"])
+    response.headers.clear()
+    for key, value in stored["headers"]:
+        response.headers.add(key, value)
+    return response
