@@ -98,6 +98,10 @@ class TaskRecord:
 def record_of(result: TaskResult[t.Any]) -> TaskRecord:
     """The record of a result object of this process."""
     status = result.status
+    args, kwargs = result._arguments
+    arguments: t.Any = {"args": list(args), "kwargs": kwargs}
+    if to_json(arguments) is None:
+        arguments = {"args": None, "kwargs": None, "repr": short_repr((args, kwargs))}
     value: t.Any = None
     value_repr = None
     if status is TaskStatus.SUCCEEDED:
@@ -110,9 +114,9 @@ def record_of(result: TaskResult[t.Any]) -> TaskRecord:
         pool=result.pool,
         status=status,
         durable=result.durable,
-        args=None,
-        kwargs=None,
-        args_repr=None,
+        args=arguments["args"],
+        kwargs=arguments["kwargs"],
+        args_repr=arguments.get("repr"),
         progress=result.progress,
         result=value,
         result_repr=value_repr,

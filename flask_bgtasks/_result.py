@@ -151,6 +151,8 @@ class TaskResult(Future[R]):
     _progress: tuple[float, float | None, str | None] | None = None
     _cancel_requested = False
     _errors: tuple[dict[str, t.Any], ...] = ()
+    # The arguments, for the record; set by submit.
+    _arguments: tuple[tuple[t.Any, ...], dict[str, t.Any]] = ((), {})
     #: Whether the task survives the death of its process.
     durable = False
     #: How many times a worker has started it (a retry is one more).
@@ -241,8 +243,7 @@ class TaskResult(Future[R]):
     def record(self) -> TaskRecord:
         """The task as a :class:`~flask_bgtasks.TaskRecord`, as
         :meth:`StoredResult.record() <flask_bgtasks.StoredResult.record>`
-        gives it. Arguments are not part of it: only a shared store keeps
-        them."""
+        gives it."""
         from ._record import record_of  # which imports this module
 
         return record_of(self)

@@ -232,6 +232,8 @@ class Task(t.Generic[P, R]):
             _check_json(self.name, args, kwargs)
         job = functools.partial(run_task, app, self.fn, args, kwargs, captured)
         result: TaskResult[R] = TaskResult(self.name, job, state, self.timeout, self.pool)
+        if args or kwargs:
+            result._arguments = (args, kwargs)
         if durable:
             result.durable = True
         if self.retry is not None:

@@ -1,0 +1,77 @@
+"""A page that starts a slow report, shows its progress live, and can cancel it.
+
+Run it from the repository root::
+
+    flask --app examples/progress/progress_app run
+
+or, with several worker processes::
+
+    gunicorn -w 3 -k gthread --threads 4 --chdir examples/progress 'progress_app:create_app()'
+
+Tasks are kept in a SQLite file in the instance folder, so every worker
+process sees every task, and a report survives a restart (it is durable).
+The page follows a report with Server-Sent Events, or, with ``?poll=1`` or
+in a browser without ``EventSource``, by asking for its status.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import typing as t
+
+from flask import Flask, current_app, jsonify, render_template, session
+
+from flask_bgtasks import BGTasks, TaskRecord, current_task
+
+bg = BGTasks()
+
+
+@bg.authorize
+def started_by_this_browser(record: TaskRecord) -> bool:
+    """Each browser sees and cancels only the reports it started."""
+    owner = (record.kwargs or {}).get("owner")
+    return owner is not None and owner == session.get("owner")
+
+
+@bg.task(durable=True, expose_result=True, name="progress.generate_report")
+def generate_report(pages: int, owner: str) -> dict[str, t.Any]:
+    """Render ``pages`` pages, one step at a time. ``owner`` says who asked."""
+    step: float = current_app.config["STEP_SECONDS"]
+    for page in range(1, pages + 1):
+        # Between two pages is a safe place to stop.
+        current_task.check_cancelled()
+        threading.Event().wait(step)  # stands in for rendering a page
+        current_task.set_progress(page, pages, f"Rendering page {page} of {pages}")
+    return {"title": f"Quarterly report, {pages} pages", "pages": pages}
+
+
+def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY="dev",  # set a real secret in production
+        BGTASKS_STORE="sqlite:///progress.db",
+        BGTASKS_API=True,
+        BGTASKS_API_PREFIX="/tasks",
+        # A report has PAGES pages of STEP_SECONDS each: 10 s by default.
+        PAGES=10,
+        STEP_SECONDS=1.0,
+    )
+    # FLASK_STEP_SECONDS=0.2, FLASK_BGTASKS_STORE=..., from the environment.
+    app.config.from_prefixed_env()
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    bg.init_app(app)
+
+    @app.get("/")
+    def index() -> str:
+        session.setdefault("owner", secrets.token_urlsafe(16))
+        return render_template("index.html", pages=app.config["PAGES"])
+
+    @app.post("/reports")
+    def start_report() -> tuple[t.Any, int]:
+        owner = session.setdefault("owner", secrets.token_urlsafe(16))
+        result = generate_report.submit(app.config["PAGES"], owner=owner)
+        return jsonify(id=result.id, status_url=f"{app.config['BGTASKS_API_PREFIX']}/{result.id}"), 202
+
+    return app
