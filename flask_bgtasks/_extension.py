@@ -433,7 +433,8 @@ class BGTasks:
 
             @bg.authorize
             def may_see(record):
-                return record.kwargs.get("user_id") == session.get("user_id")
+                user_id = session.get("user_id")
+                return user_id is not None and user_id == (record.kwargs or {}).get("user_id")
 
         .. versionadded:: 0.1
         """

@@ -292,4 +292,7 @@ def _view_response(record: TaskRecord) -> Response:
     response.headers.clear()
     for key, value in stored["headers"]:
         response.headers.add(key, value)
+    # It answers one user's request: no shared cache may keep it, unless
+    # the view said otherwise.
+    response.headers.setdefault("Cache-Control", "private, no-store")
     return response
