@@ -203,6 +203,14 @@ class BGTasks:
                 " that app.extensions['bgtasks'] holds."
             )
         config = _config.load(app.config)
+        if config.api and self._authorize is None:
+            raise ConfigError(
+                "BGTASKS_API is True, but no authorization callback is"
+                " registered, and the API must not show every task to"
+                " everyone. Decorate a function with @bg.authorize before"
+                " init_app(): it gets each task's record and returns"
+                " whether the current user may see and cancel it."
+            )
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
         state = _AppState(app, config, self._tasks)
@@ -212,14 +220,6 @@ class BGTasks:
 
         app.cli.add_command(cli)
         if config.api:
-            if self._authorize is None:
-                raise ConfigError(
-                    "BGTASKS_API is True, but no authorization callback is"
-                    " registered, and the API must not show every task to"
-                    " everyone. Decorate a function with @bg.authorize before"
-                    " init_app(): it gets each task's record and returns"
-                    " whether the current user may see and cancel it."
-                )
             from ._http import make_blueprint
 
             app.register_blueprint(make_blueprint(self, config.api_prefix))

@@ -19,7 +19,7 @@ import typing as t
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ._errors import UsageError
 from ._result import TaskStatus
@@ -80,7 +80,7 @@ def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
         record = find(task_id)
         stream = stream_with_context(_event_stream(bg, record))
         response = Response(stream, mimetype="text/event-stream")
-        response.headers["Cache-Control"] = "no-store"
+        _private(response)
         response.headers["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
         return response
 
@@ -95,6 +95,15 @@ def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
             response.status_code = 202
             return response
         return _view_response(record)
+
+    # Anything else under the prefix, such as an "id" with a slash, is
+    # unknown too, and answers the same JSON.
+    @bp.get("/<path:anything>")
+    def unknown(anything: str) -> Response:
+        if anything.endswith("/cancel") and anything.count("/") == 1:
+            # Routing came here only because this rule takes GET.
+            raise MethodNotAllowed(valid_methods=["POST"])
+        raise _NotFound()
 
     @bp.errorhandler(_NotFound)
     def not_found(error: _NotFound) -> tuple[Response, int]:
@@ -117,8 +126,16 @@ class _Forbidden(HTTPException):
 
 def _error(code: int, message: str) -> Response:
     response = jsonify(error={"code": code, "message": message})
-    response.headers["Cache-Control"] = "no-store"
+    _private(response)
     return response
+
+
+def _private(response: Response) -> None:
+    # Every answer depends on who asks. Vary names the cookie even when the
+    # authorization callback did not read the session, so that the headers
+    # of a refused task and of an unknown id are the same.
+    response.headers["Cache-Control"] = "no-store"
+    response.vary.add("Cookie")
 
 
 def _authorized(bg: BGTasks, record: TaskRecord) -> bool:
@@ -187,8 +204,7 @@ def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
 
 def _status_response(bg: BGTasks, record: TaskRecord) -> Response:
     response = jsonify(status_json(bg, record))
-    # A status changes: no proxy or browser may keep it.
-    response.headers["Cache-Control"] = "no-store"
+    _private(response)  # a status changes: no proxy or browser may keep it
     if not record.done():
         response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
@@ -213,7 +229,10 @@ def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
             return
         pause.wait(EVENTS_POLL)
         # The store is the truth, also for a task of another process.
-        record = bg.store().record(record.id) or record
+        fresh = bg.store().record(record.id)
+        if fresh is None:  # expired or purged meanwhile: nothing more to say
+            return
+        record = fresh
 
 
 # -- background views -------------------------------------------------------
@@ -267,7 +286,13 @@ def _run_view(view: t.Callable[..., t.Any], **view_args: t.Any) -> dict[str, t.A
     except HTTPException as exc:  # abort(404) and friends, as in a request
         rv = current_app.handle_http_exception(exc)
     response = current_app.make_response(rv)
-    body = response.get_data()
+    # send_file() answers in "direct passthrough" mode, for the server to
+    # stream; here the body is read into the result.
+    response.direct_passthrough = False
+    try:
+        body = response.get_data()
+    finally:
+        response.close()
     return {
         "status": response.status_code,
         "headers": [[key, value] for key, value in response.headers.items()],
