@@ -393,8 +393,8 @@ class TaskResult(Future[R]):
                 return
             # The retry holds this worker while it waits. cancel(), a
             # timeout or the shutdown deadline wake it early.
-            wake = self.__dict__.setdefault("_wake_event", threading.Event())
-            wake.wait(delay)
+            if not self._cancel_requested:  # else cancel() came before the event
+                self.__dict__["_wake_event"].wait(delay)
             if self.done():  # ended by its timeout or the shutdown deadline
                 return
             if self.cancel_requested:
@@ -507,6 +507,9 @@ class TaskResult(Future[R]):
         delay = self.retry.delay(exc, len(self._errors))
         if delay is None:
             return False
+        # Made before anyone can see that the task waits, so that a cancel()
+        # from then on finds it to wake.
+        self.__dict__["_wake_event"] = threading.Event()
         self._status = TaskStatus.QUEUED
         self.__dict__["_retry_in"] = delay
         logger.warning(
