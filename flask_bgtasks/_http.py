@@ -40,8 +40,6 @@ RETRY_AFTER = 1
 EVENTS_POLL = 0.25
 EVENTS_KEEPALIVE = 15.0
 
-Authorize = t.Callable[["TaskRecord"], bool]
-
 
 def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
     """The status API for the apps of ``bg``, mounted at ``prefix``."""
