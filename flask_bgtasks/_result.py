@@ -393,12 +393,21 @@ class TaskResult(Future[R]):
                 return
             # The retry holds this worker while it waits. cancel(), a
             # timeout or the shutdown deadline wake it early.
-            if not self._cancel_requested:  # else cancel() came before the event
-                self.__dict__["_wake_event"].wait(delay)
+            self._back_off(delay)
             if self.done():  # ended by its timeout or the shutdown deadline
                 return
             if self.cancel_requested:
                 self._fail(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
+                return
+
+    def _back_off(self, delay: float) -> None:
+        wake: threading.Event = self.__dict__["_wake_event"]
+        until = time.monotonic() + delay
+        # A cancel() here sets the event; one from another process only
+        # shows in the store, so look there every second meanwhile.
+        while not self.cancel_requested:
+            left = until - time.monotonic()
+            if left <= 0 or wake.wait(min(left, 1.0)):
                 return
 
     def _start_attempt(self) -> bool:

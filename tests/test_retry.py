@@ -122,3 +122,24 @@ def test_backoff_doubles_with_jitter() -> None:
 def test_bad_retry_options(bg: BGTasks, options: dict[str, t.Any], message: str) -> None:
     with pytest.raises(InvalidTaskError, match=message):
         bg.task(**options)(print)
+
+
+def test_cancel_from_another_process_ends_the_backoff(
+    make_app: t.Callable[..., Flask], bg: BGTasks, tmp_path: Path
+) -> None:
+    db = "sqlite:///" + str(tmp_path / "tasks.db")
+    app = make_app(BGTASKS_STORE=db)
+    other = make_app("other", BGTASKS_STORE=db)  # another process, as far as the row goes
+
+    @bg.task(retries=1, retry_backoff=60)
+    def slow_retry() -> None:
+        raise ConnectionError("down")
+
+    with app.app_context():
+        result = slow_retry.submit()
+        wait_for(lambda: result.status is TaskStatus.QUEUED, 5, "the first failure")
+        bg.store().flush()
+    # The row says queued while it waits: cancelled at once, for the store.
+    assert bg.store(other).cancel(result.id) is True
+    with pytest.raises(TaskCancelled):
+        result.result(5)  # within about a second, not the 30 s or more of backoff

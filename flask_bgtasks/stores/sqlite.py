@@ -508,7 +508,9 @@ def _cancelled_as_it_started(result: TaskResult[t.Any]) -> None:
 
 
 def _check_stored(result: TaskResult[t.Any], lease: float, statement: Statement) -> None:
-    if statement.rowcount:
+    if statement.rowcount or result.status is TaskStatus.CANCELLED:
+        # A cancelled task whose record was finished first was cancelled
+        # from another process too: the record says so already.
         return
     logger.warning(
         "Task %r (id %s) ended here as %s, but its record was finished"
