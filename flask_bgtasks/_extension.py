@@ -551,6 +551,11 @@ class BGTasks:
                 len(summary.cancelled),
                 len(summary.interrupted),
             )
+        if summary.released:
+            logger.warning(
+                "Durable background tasks left in the store for the next process: %s",
+                ", ".join(summary.released),
+            )
 
     def _shutdown(
         self, plan: t.Sequence[tuple[_AppState, bool, float | None]], wait: bool
@@ -563,7 +568,8 @@ class BGTasks:
         cancelled = [result for state, cancel, _ in plan for result in state.backend.close(cancel)]
         if not wait:
             return ShutdownSummary(
-                cancelled=[result.id for result in cancelled],
+                cancelled=[result.id for result in cancelled if not result.released],
+                released=[result.id for result in cancelled if result.released],
                 unfinished=[result.id for result in unfinished if not result.done()],
             )
         interrupted = []
@@ -580,8 +586,9 @@ class BGTasks:
         finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
         return ShutdownSummary(
             finished=sum(1 for result in unfinished if result.status in finished),
-            cancelled=[result.id for result in cancelled],
-            interrupted=[result.id for result in interrupted],
+            cancelled=[result.id for result in cancelled if not result.released],
+            interrupted=[result.id for result in interrupted if not result.released],
+            released=[result.id for result in cancelled + interrupted if result.released],
         )
 
     def _run_shutdown_hooks(self, state: _AppState) -> None:

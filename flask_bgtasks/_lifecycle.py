@@ -33,6 +33,9 @@ class ShutdownSummary:
     cancelled: list[str] = dataclasses.field(default_factory=list)
     #: Ids of tasks still running at the deadline, ended as cancelled.
     interrupted: list[str] = dataclasses.field(default_factory=list)
+    #: Ids of durable tasks that were queued, or still running at the
+    #: deadline, and were left in the store for the next process to run.
+    released: list[str] = dataclasses.field(default_factory=list)
     #: Ids of tasks still queued or running when it returned; only with
     #: ``wait=False``.
     unfinished: list[str] = dataclasses.field(default_factory=list)

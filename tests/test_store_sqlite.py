@@ -383,7 +383,8 @@ def test_shutdown_releases_durable_tasks_to_the_next_process(
     summary = bg.shutdown(wait=False, cancel_pending=True)
     gate.open()
     bg.shutdown()
-    assert sorted(summary.cancelled) == sorted(result.id for result in queued)
+    assert sorted(summary.released) == sorted(result.id for result in queued)
+    assert summary.cancelled == []
     assert done == []
     for result in queued:
         row = rows(db)[result.id]
@@ -482,7 +483,10 @@ def test_deadline_releases_durable_tasks_unless_asked_to_stop(
     if asked_to_stop:
         assert result.cancel() is False
     summary = bg.shutdown(timeout=0.1)
-    assert summary.interrupted == [result.id]
+    if asked_to_stop:
+        assert (summary.interrupted, summary.released) == ([result.id], [])
+    else:
+        assert (summary.interrupted, summary.released) == ([], [result.id])
     row = rows(db)[result.id]
     if asked_to_stop:
         assert (row["status"], row["cancel_requested"]) == ("cancelled", 1)
