@@ -146,6 +146,10 @@ def _open_store(app: Flask, config: _config.Config) -> TaskStore:
     kind, path = config.store
     if kind == "memory" or path is None:
         return MemoryStore(config.result_ttl, config.max_results)
+    if kind == "import":
+        from .stores import from_import_path
+
+        return from_import_path(path, app)
     from .stores.sqlite import SQLiteStore
 
     # os.path.join keeps an absolute path as it is.

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import typing as t
 
+import pytest
 from flask import Flask
 
-from flask_bgtasks import BGTasks, TaskResult
+from flask_bgtasks import BGTasks, ConfigError, ConfigTypeError, TaskResult
 from flask_bgtasks.stores.memory import MemoryStore
 
 
@@ -62,3 +63,50 @@ def test_memory_stays_bounded_after_100000_tasks(
             assert len(store) <= 500
         assert all(bg.get(task_id) is None for task_id in first_ids)
         assert bg.get(ids[-1]) is not None
+
+
+class CountingStore(MemoryStore):
+    """A store of one's own: here, the memory store counting its ids."""
+
+    def __init__(self, app: Flask) -> None:
+        super().__init__(ttl=None, max_results=100)
+        self.app_name = app.name
+        self.registered = 0
+
+    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+        self.registered += 1
+        super().register(task_id, result)
+
+
+def counting_store(app: Flask) -> CountingStore:
+    return CountingStore(app)
+
+
+def not_a_store(app: Flask) -> dict[str, str]:
+    return {}
+
+
+def test_store_of_your_own_by_import_path(make_app: t.Callable[..., Flask], bg: BGTasks) -> None:
+    app = make_app(BGTASKS_STORE="tests.test_store:counting_store")
+    store = bg.store(app)
+    assert type(store).__name__ == "CountingStore" and store.app_name == "test_app"  # type: ignore[attr-defined]
+    with app.app_context():
+        result = bg.submit(int, "7")
+        assert bg.get(result.id) is result
+        assert result.result(5) == 7
+    assert store.registered == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "message"),
+    [
+        ("tests.no_such_module:make", ConfigError, "can't be imported"),
+        ("tests.test_store:no_such_function", ConfigError, "can't be imported"),
+        ("tests.test_store:not_a_store", ConfigTypeError, "returned dict; it must return"),
+    ],
+)
+def test_bad_store_import_path(
+    make_app: t.Callable[..., Flask], path: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        make_app(BGTASKS_STORE=path)

@@ -13,11 +13,15 @@ A store is told about each step of a task's life by the results it records
 from __future__ import annotations
 
 import abc
+import importlib
+import re
 import typing as t
 
 from .._errors import ConfigError, ConfigTypeError
 
 if t.TYPE_CHECKING:
+    from flask import Flask
+
     from .._record import StoredResult, TaskRecord
     from .._result import TaskResult, TaskStatus
 
@@ -125,15 +129,17 @@ class TaskStore(abc.ABC):
 
 
 def parse_url(value: object) -> tuple[str, str | None]:
-    """Check a ``BGTASKS_STORE`` value: ``("memory", None)`` or
-    ``("sqlite", path)``, with the path as given (maybe relative).
+    """Check a ``BGTASKS_STORE`` value: ``("memory", None)``,
+    ``("sqlite", path)`` with the path as given (maybe relative), or
+    ``("import", "module:name")`` for a store of your own.
 
     :raises ConfigTypeError: If it is not a string.
     :raises ConfigError: If it names no known store.
     """
     accepted = (
         "'memory', or 'sqlite:///tasks.db' (a path relative to the app's"
-        " instance folder), or 'sqlite:////absolute/path/tasks.db'"
+        " instance folder), or 'sqlite:////absolute/path/tasks.db', or the"
+        " import path of a function that makes a store, 'module:function'"
     )
     if not isinstance(value, str):
         raise ConfigTypeError(
@@ -143,4 +149,32 @@ def parse_url(value: object) -> tuple[str, str | None]:
         return "memory", None
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return "sqlite", value[len("sqlite:///") :]
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value) and not value.startswith("sqlite:"):
+        return "import", value
     raise ConfigError(f"BGTASKS_STORE must be {accepted}; got {value!r}.")
+
+
+def from_import_path(path: str, app: Flask) -> TaskStore:
+    """Call the function at ``module:name`` with the app; it returns the
+    app's store.
+
+    :raises ConfigError: If it can't be imported, or returns something else.
+    """
+    module_name, _, name = path.partition(":")
+    try:
+        factory: t.Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            factory = getattr(factory, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"BGTASKS_STORE is {path!r}, which can't be imported: {exc}. Give"
+            " 'module:function', where the function takes the app and returns"
+            " a TaskStore."
+        ) from exc
+    store = factory(app)
+    if not isinstance(store, TaskStore):
+        raise ConfigTypeError(
+            f"BGTASKS_STORE names {path!r}, which returned {type(store).__name__};"
+            " it must return an instance of a flask_bgtasks.stores.TaskStore subclass."
+        )
+    return store
