@@ -128,7 +128,8 @@ class Writer(ProcessLocal):
                 self._pending.append(statement)
                 self._queued += 1
                 if len(self._pending) == 1:
-                    self._changed.notify()
+                    # All: flush() waits on the same condition as the thread.
+                    self._changed.notify_all()
         if not queue:
             self._run_batch([statement])
             if statement.error is not None:
@@ -151,12 +152,6 @@ class Writer(ProcessLocal):
                 return
             target = self._queued
             self._changed.wait_for(lambda: self._committed >= target or self._thread is None)
-
-    def read(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run a statement that only reads, on this connection. For the
-        writer thread's own reads, and before it starts."""
-        with self._db_lock:
-            return self._execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Commit what is queued, stop the thread, close the connection."""
