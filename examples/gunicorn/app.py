@@ -21,7 +21,7 @@ from datetime import datetime
 
 from flask import Flask, Response, current_app, jsonify, request, url_for
 
-from flask_bgtasks import BGTasks, StoredResult, TaskRecord, TaskStatus, current_task
+from flask_bgtasks import BGTasks, StoredResult, TaskRecord, TaskResult, TaskStatus, current_task
 
 bg = BGTasks()
 
@@ -51,14 +51,13 @@ def count_steps(steps: int) -> int:
     return steps
 
 
-def find_task(task_id: str) -> StoredResult | None:
+def find_task(task_id: str) -> TaskResult[t.Any] | StoredResult | None:
     """The task with this id, from whichever worker submitted it, or ``None``."""
     if not TASK_ID.fullmatch(task_id):
         return None
-    task = bg.get(task_id)
-    # With the SQLite store, bg.get() returns a StoredResult, never the
-    # in-process TaskResult of the memory store.
-    return task if isinstance(task, StoredResult) else None
+    # A StoredResult with the SQLite store; with the memory store, the
+    # TaskResult of this process. Both have record() and cancel().
+    return bg.get(task_id)
 
 
 def describe(record: TaskRecord) -> dict[str, t.Any]:
