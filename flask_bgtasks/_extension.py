@@ -448,9 +448,21 @@ class BGTasks:
     @t.overload
     def background_view(self, view: V, /) -> V: ...
     @t.overload
-    def background_view(self, view: None = None, /, *, pool: str = ...) -> t.Callable[[V], V]: ...
     def background_view(
-        self, view: V | None = None, /, *, pool: str = _config.DEFAULT_POOL
+        self,
+        view: None = None,
+        /,
+        *,
+        pool: str = ...,
+        owner: t.Callable[[], t.Any] | None = ...,
+    ) -> t.Callable[[V], V]: ...
+    def background_view(
+        self,
+        view: V | None = None,
+        /,
+        *,
+        pool: str = _config.DEFAULT_POOL,
+        owner: t.Callable[[], t.Any] | None = None,
     ) -> V | t.Callable[[V], V]:
         """Run a view in the background: the request answers ``202
         Accepted`` at once, with the task's id and a ``Location`` header
@@ -470,13 +482,23 @@ class BGTasks:
         result URL answers ``500``.
 
         :param pool: The pool it runs on.
+        :param owner: Called in the request; its value (JSON, such as a user
+            id) is kept on the task's record as ``record.kwargs["owner"]``,
+            so that the authorization callback can let only that user see
+            the result. The view does not get it.
+
+        .. code-block:: python
+
+            @app.post("/exports")
+            @bg.background_view(owner=lambda: session["user_id"])
+            def export(): ...
 
         .. versionadded:: 0.1
         """
         from ._http import background_view
 
         def decorate(view: V) -> V:
-            return t.cast(V, background_view(self, view, pool))
+            return t.cast(V, background_view(self, view, pool, owner))
 
         if view is None:
             return decorate

@@ -236,14 +236,24 @@ def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
 # -- background views -------------------------------------------------------
 
 
-def background_view(bg: BGTasks, view: t.Callable[..., t.Any], pool: str) -> t.Callable[..., t.Any]:
-    """Wrap a view: run it as a task, answer ``202 Accepted`` at once."""
+def background_view(
+    bg: BGTasks,
+    view: t.Callable[..., t.Any],
+    pool: str,
+    owner: t.Callable[[], t.Any] | None,
+) -> t.Callable[..., t.Any]:
+    """Wrap a view: run it as a task, answer ``202 Accepted`` at once.
+
+    With ``owner``, its value in the request is kept on the task's record as
+    ``record.kwargs["owner"]``, for the authorization callback; the view
+    does not get it.
+    """
     from ._task import Task
 
     name = f"{view.__module__}.{view.__qualname__}"
     task: Task[..., dict[str, t.Any]] = Task(
         bg,
-        functools.partial(_run_view, view),
+        functools.partial(_run_view, view, owner is not None),
         name=name,
         pool=pool,
         copy_request=True,
@@ -261,6 +271,14 @@ def background_view(bg: BGTasks, view: t.Callable[..., t.Any], pool: str) -> t.C
                 " the client where its result will be. Set BGTASKS_API = True"
                 " and register an authorization callback with @bg.authorize."
             )
+        if owner is not None:
+            if "owner" in view_args:
+                raise UsageError(
+                    f"The background view {name!r} has a URL variable named"
+                    " 'owner', which is where its record keeps the value of"
+                    " owner=. Rename the variable."
+                )
+            view_args = {**view_args, "owner": owner()}
         result = task.submit(**view_args)
         status_url = url_for("bgtasks_api.status", task_id=result.id)
         response = jsonify(
@@ -276,9 +294,11 @@ def background_view(bg: BGTasks, view: t.Callable[..., t.Any], pool: str) -> t.C
     return start
 
 
-def _run_view(view: t.Callable[..., t.Any], **view_args: t.Any) -> dict[str, t.Any]:
+def _run_view(view: t.Callable[..., t.Any], owned: bool, **view_args: t.Any) -> dict[str, t.Any]:
     # Runs in the task, in a request context made from the copy of the
     # request: the view sees its URL, arguments, headers and body.
+    if owned:
+        del view_args["owner"]  # for the record only
     try:
         rv = view(**view_args)
     except HTTPException as exc:  # abort(404) and friends, as in a request

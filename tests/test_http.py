@@ -1263,3 +1263,52 @@ def test_other_app_cancels_a_running_task(
     assert body["status"] == "cancelled"
     assert body["error"] == {"type": "flask_bgtasks.TaskCancelled"}
     assert get_status(worker.test_client(), task_id)["status"] == "cancelled"
+
+
+@both_stores
+def test_background_view_owner_lets_only_that_user_see_the_result(
+    make_app: t.Callable[..., Flask], bg: BGTasks, store: str
+) -> None:
+    @bg.authorize
+    def same_user(record: TaskRecord) -> bool:
+        user = flask.session.get("user")
+        return user is not None and user == (record.kwargs or {}).get("owner")
+
+    app = make_app(BGTASKS_API=True, BGTASKS_STORE=store, SECRET_KEY="test")
+
+    @app.post("/exports/<kind>")
+    @bg.background_view(owner=lambda: flask.session.get("user"))
+    def export(kind: str) -> str:
+        return f"{kind} export for {flask.session.get('user')}"
+
+    @app.post("/login/<user>")
+    def login(user: str) -> str:
+        flask.session["user"] = user
+        return ""
+
+    alice, bob = app.test_client(), app.test_client()
+    alice.post("/login/alice")
+    bob.post("/login/bob")
+    started = alice.post("/exports/csv").get_json()
+    assert bg.join(5)
+    mine = alice.get(started["result_url"])
+    assert (mine.status_code, mine.data) == (200, b"csv export for alice")
+    theirs, unknown = bob.get(started["result_url"]), bob.get(f"/tasks/{UNKNOWN}/result")
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.data == unknown.data
+    assert bob.get(started["status_url"]).status_code == 404
+
+
+def test_background_view_owner_and_a_url_variable_named_owner(
+    make_api_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    app = make_api_app()
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+
+    @app.post("/by/<owner>")
+    @bg.background_view(owner=lambda: "someone")
+    def by(owner: str) -> str:
+        return owner
+
+    with pytest.raises(UsageError, match="URL variable named 'owner'"):
+        app.test_client().post("/by/x")
