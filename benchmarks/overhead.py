@@ -46,19 +46,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
-import os
-import platform
 import statistics
-import sys
 import threading
 import time
 import tracemalloc
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from _tables import (
+    Row,
+    Table,
+    describe_error,
+    format_number,
+    format_ratio,
+    machine_description,
+    positive_int,
+    progress,
+    ratio,
+    render_markdown,
+    render_rst,
+    render_text,
+)
 from flask import Flask
 from flask_executor import Executor  # type: ignore[import-untyped]
 
@@ -74,8 +83,6 @@ TARGET_RATIO = 2.0
 IDEAL_RATIO = 1.5
 #: The contender every ratio is taken against.
 BASELINE = "ThreadPoolExecutor"
-#: Longest error message shown in a table cell.
-MAX_ERROR_LENGTH = 60
 
 AnyFuture = Future[t.Any]
 
@@ -204,15 +211,6 @@ def block_workers(pool: Pool, gate: threading.Event) -> list[AnyFuture]:
     return blockers
 
 
-def describe_error(exc: BaseException) -> str:
-    """``n/a (Type: message)``, the message cut to one short line."""
-    lines = str(exc).strip().splitlines()
-    message = lines[0] if lines else ""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({type(exc).__name__}: {message})"
-
-
 # Overhead per task -----------------------------------------------------------
 
 
@@ -327,48 +325,8 @@ def measure_memory(queued: int) -> dict[Case, float | str]:
 # Tables ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """A table row: the case's name, then its numbers or why it has none."""
-
-    contender: str
-    scenario: str
-    values: list[str]
-    error: str | None = None
-
-    def cells(self, columns: int) -> list[str]:
-        """All cells; a failed case has its error first, then ``n/a``."""
-        if self.error is None:
-            return [self.contender, self.scenario, *self.values]
-        return [self.contender, self.scenario, self.error, *["n/a"] * (columns - 3)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    title: str
-    header: list[str]
-    rows: list[Row]
-
-    def cell_rows(self) -> list[list[str]]:
-        return [row.cells(len(self.header)) for row in self.rows]
-
-
-def ratio(value: float | None, baseline: float | None) -> float | None:
-    if value is None or not baseline:
-        return None
-    return value / baseline
-
-
-def format_number(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
-
-
 def format_plain_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
-
-
-def format_ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def overhead_table(timings: dict[Case, Timings], tasks: int, rounds: int) -> Table:
@@ -382,7 +340,7 @@ def overhead_table(timings: dict[Case, Timings], tasks: int, rounds: int) -> Tab
             format_ratio(ratio(record.median_wall, baseline.median_wall)),
             format_ratio(ratio(record.median_cpu, baseline.median_cpu)),
         ]
-        rows.append(Row(contender, scenario, values, record.error))
+        rows.append(Row([contender, scenario], values, record.error))
     return Table(
         title=(
             f"Overhead per task: {tasks:,} no-op tasks on {WORKERS} workers,"
@@ -401,10 +359,10 @@ def memory_table(memory: dict[Case, float | str], queued: int) -> Table:
         value = memory[contender, scenario]
         baseline = memory[BASELINE, scenario]
         if isinstance(value, str):
-            rows.append(Row(contender, scenario, [], error=value))
+            rows.append(Row([contender, scenario], [], error=value))
             continue
         relative = None if isinstance(baseline, str) else ratio(value, baseline)
-        rows.append(Row(contender, scenario, [format_number(value, 0), format_ratio(relative)]))
+        rows.append(Row([contender, scenario], [format_number(value, 0), format_ratio(relative)]))
     return Table(
         title=(
             f"Memory per queued task: {queued:,} no-op tasks queued behind"
@@ -412,61 +370,6 @@ def memory_table(memory: dict[Case, float | str], queued: int) -> Table:
         ),
         header=["Contender", "Scenario", "bytes/queued task", "vs TPE"],
         rows=rows,
-    )
-
-
-def render_text(table: Table) -> str:
-    """Aligned plain text: names left, numbers right. A failed case's error
-    runs on past the columns instead of widening them."""
-    complete = [row.cells(len(table.header)) for row in table.rows if row.error is None]
-    widths = [max(len(cell) for cell in column) for column in zip(table.header, *complete)]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            cell.ljust(width) if index < 2 else cell.rjust(width)
-            for index, (cell, width) in enumerate(zip(cells, widths))
-        ]
-        return "  ".join(parts).rstrip()
-
-    def row_line(row: Row) -> str:
-        if row.error is None:
-            return line(row.cells(len(table.header)))
-        names = [row.contender.ljust(widths[0]), row.scenario.ljust(widths[1])]
-        return "  ".join([*names, row.error])
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([table.title, "", line(table.header), rule, *map(row_line, table.rows)])
-
-
-def render_markdown(table: Table) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    align = ["---", "---"] + ["---:"] * (len(table.header) - 2)
-    body = [line(cells) for cells in table.cell_rows()]
-    return "\n".join([f"**{table.title}**", "", line(table.header), line(align), *body])
-
-
-def rst_escape(text: str) -> str:
-    """Keep an error message from being read as reST markup."""
-    return "".join("\\" + char if char in "\\*`_|[]" else char for char in text)
-
-
-def render_rst(table: Table, caption: str) -> str:
-    """A ``list-table`` directive with a header row."""
-    lines = [f".. list-table:: {rst_escape(caption)}", "   :header-rows: 1", ""]
-    for first, *rest in [table.header, *table.cell_rows()]:
-        lines.append(f"   * - {rst_escape(first)}")
-        lines.extend(f"     - {rst_escape(cell)}" for cell in rest)
-    return "\n".join(lines)
-
-
-def machine_description() -> str:
-    flask_version = importlib.metadata.version("flask")
-    return (
-        f"Measured on {platform.platform()}, {os.cpu_count()} CPUs,"
-        f" Python {platform.python_version()}, Flask {flask_version},"
-        f" {datetime.date.today().isoformat()}"
     )
 
 
@@ -501,17 +404,6 @@ def target_line(timings: dict[Case, Timings]) -> str:
         f"Target: Flask-BGTasks wall time per task <= {TARGET_RATIO:.1f}x ThreadPoolExecutor"
         f" (ideal ~{IDEAL_RATIO:.1f}x): {'MET' if met else 'NOT MET'} ({details})"
     )
-
-
-def progress(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

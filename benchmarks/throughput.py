@@ -37,9 +37,11 @@ at a time, while RQ spreads the work over three processes (this one, the
 worker and Redis), which can use two cores at once.
 
 With ``--profile sqlite`` (or another Flask-BGTasks row) the script prints,
-instead of the table, how long the store's lock was held and how often it
-made a thread wait in one plain run of that row, then where the time goes in
-a second run with every thread under :mod:`cProfile`.
+instead of the table, how often and how long the SQLite store's writer held
+its connection (the lock that each batch of writes holds while it runs and
+commits, ``Writer._db_lock``) and how often that made a thread wait, in one
+plain run of that row; then where the time goes in a second run with every
+thread under :mod:`cProfile`.
 
 Run it from the project root::
 
@@ -58,13 +60,10 @@ import argparse
 import contextlib
 import cProfile
 import dataclasses
-import datetime
 import functools
 import gc
-import importlib.metadata
 import importlib.util
 import os
-import platform
 import pstats
 import shutil
 import socket
@@ -76,6 +75,21 @@ import threading
 import time
 import typing as t
 
+from _tables import (
+    Row,
+    Table,
+    describe_error,
+    format_number,
+    format_ratio,
+    machine_description,
+    positive_int,
+    progress,
+    ratio,
+    render_markdown,
+    render_rst,
+    render_text,
+    rst_escape,
+)
 from flask import Flask
 
 from flask_bgtasks import BGTasks
@@ -101,8 +115,6 @@ TARGET_RATIO = 5.0
 BASELINE = "memory"
 #: The rows that the targets apply to.
 SQLITE_ROWS = ("sqlite", "sqlite-durable")
-#: Longest error message shown in a table cell.
-MAX_ERROR_LENGTH = 60
 
 #: This folder: the RQ worker imports its job from here.
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
@@ -355,15 +367,6 @@ def all_systems(
     return systems
 
 
-def describe_error(exc: BaseException) -> str:
-    """``n/a (Type: message)``, the message cut to one short line."""
-    lines = str(exc).strip().splitlines()
-    message = lines[0] if lines else ""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({type(exc).__name__}: {message})"
-
-
 # Measuring -------------------------------------------------------------------
 
 
@@ -444,8 +447,9 @@ class WatchedLock:
     def describe(self, tasks: int, wall: float) -> str:
         taken = max(self.taken, 1)
         return (
-            f"The store's lock was taken {self.taken:,} times ({self.taken / tasks:.1f} per"
-            f" task) and held {self.held_seconds / taken * 1e6:,.1f} us each on average,"
+            f"The store's writer held its connection (Writer._db_lock) {self.taken:,} times,"
+            f" once per batch of writes ({tasks / taken:,.1f} tasks per batch), for"
+            f" {self.held_seconds / taken * 1e6:,.1f} us each on average,"
             f" {self.held_seconds / wall:.0%} of the wall time; {self.waited / taken:.0%} of"
             f" the takes waited, {self.wait_seconds / tasks * 1e6:,.1f} us per task summed"
             " over the threads."
@@ -453,24 +457,27 @@ class WatchedLock:
 
 
 def watch_store_lock(store: TaskStore | None) -> WatchedLock | None:
-    """Put a :class:`WatchedLock` around the lock that a shared store (the
-    SQLite one) holds for each SQL statement. A private attribute, since
-    nothing public tells about contention; ``None`` for another store."""
-    lock = getattr(store, "_lock", None)
-    if store is None or not store.shared or lock is None:
+    """Put a :class:`WatchedLock` around the lock of the SQLite store's
+    connection for writes (its writer's ``_db_lock``), which each batch of
+    statements holds while it runs and commits. Private attributes, since
+    nothing public tells how busy the writer is; ``None`` for another store."""
+    writer = getattr(store, "_writer", None)
+    lock = getattr(writer, "_db_lock", None)
+    if writer is None or lock is None:
         return None
     watched = WatchedLock(lock)
-    store._lock = watched  # type: ignore[attr-defined]
+    writer._db_lock = watched
     return watched
 
 
 @dataclasses.dataclass(frozen=True)
 class Watched:
-    """One run of a row: its wall and CPU seconds, and its store's lock."""
+    """One run of a row: its wall and CPU seconds, and what its store's
+    writer lock saw, if it has one."""
 
     wall: float
     cpu: float
-    lock: WatchedLock | None
+    lock: str | None
 
     def describe(self, tasks: int) -> str:
         text = (
@@ -478,12 +485,12 @@ class Watched:
             f" {self.cpu / tasks * 1e6:,.1f} us/task CPU (all threads)."
         )
         if self.lock is not None:
-            text += "\n" + self.lock.describe(tasks, self.wall)
+            text += "\n" + self.lock
         return text
 
 
 def watched_run(key: str, tasks: int, profile: cProfile.Profile | None = None) -> Watched:
-    """Run one Flask-BGTasks row once, its store's lock watched, the
+    """Run one Flask-BGTasks row once, its store's writer lock watched, the
     submitting thread under ``profile`` if given."""
     with BGTASKS_SYSTEMS[key]() as system:
         lock = watch_store_lock(system.store)
@@ -495,7 +502,9 @@ def watched_run(key: str, tasks: int, profile: cProfile.Profile | None = None) -
             profile.runcall(system.run, tasks)
         wall = time.perf_counter() - wall_start
         cpu = time.process_time() - cpu_start
-    return Watched(wall, cpu, lock)
+        # Described before the store closes, which takes the lock once more.
+        described = None if lock is None else lock.describe(tasks, wall)
+    return Watched(wall, cpu, described)
 
 
 def profile_system(key: str, tasks: int, top: int) -> None:
@@ -513,7 +522,7 @@ def profile_system(key: str, tasks: int, top: int) -> None:
         profiles.append(profile)
         profile.runcall(original_run, thread)
 
-    # Every thread started from here on: the pool's workers, the store's upkeep.
+    # Every thread started from here on: the pool's workers, the store's writer.
     threading.Thread.run = profiled_run  # type: ignore[method-assign,assignment]
     try:
         main = cProfile.Profile()
@@ -524,8 +533,9 @@ def profile_system(key: str, tasks: int, top: int) -> None:
     print(f"\nUnder cProfile, which slows every call: {profiled.describe(tasks)}")
     print(
         "\nAll threads merged: the main thread submits and joins; the workers"
-        " wait for tasks in SimpleQueue.get; the store's upkeep thread waits in"
-        " Event.wait. Waits for the store's lock are in WatchedLock.__enter__.\n"
+        " wait for tasks in SimpleQueue.get; the store's writer thread waits for"
+        " statements in Condition.wait. Waits for the writer's connection are in"
+        " WatchedLock.__enter__.\n"
     )
     stats = pstats.Stats(*profiles, stream=sys.stdout)
     stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
@@ -535,53 +545,12 @@ def profile_system(key: str, tasks: int, top: int) -> None:
 # Tables ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """A table row: the system's name, then its numbers or why it has none."""
-
-    name: str
-    values: list[str]
-    error: str | None = None
-
-    def cells(self, columns: int) -> list[str]:
-        """All cells; a failed row has its error first, then ``n/a``."""
-        if self.error is None:
-            return [self.name, *self.values]
-        return [self.name, self.error, *["n/a"] * (columns - 2)]
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    title: str
-    header: list[str]
-    rows: list[Row]
-    #: Sentences printed under the table.
-    notes: list[str]
-
-    def cell_rows(self) -> list[list[str]]:
-        return [row.cells(len(self.header)) for row in self.rows]
-
-
-def ratio(value: float | None, baseline: float | None) -> float | None:
-    if value is None or not baseline:
-        return None
-    return value / baseline
-
-
 def rate(seconds: float | None, tasks: int) -> float | None:
     return None if not seconds else tasks / seconds
 
 
 def per_task_us(seconds: float | None, tasks: int) -> float | None:
     return None if seconds is None else seconds / tasks * 1e6
-
-
-def format_number(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
-
-
-def format_ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def throughput_table(
@@ -596,7 +565,7 @@ def throughput_table(
             format_number(per_task_us(record.median, tasks)),
             format_ratio(ratio(record.median, baseline)),
         ]
-        rows.append(Row(LABELS[key], values, record.error))
+        rows.append(Row([LABELS[key]], values, record.error))
     return Table(
         title=(
             f"Throughput: {tasks:,} no-op tasks from the first submit until all"
@@ -658,62 +627,6 @@ def target_line(
     return f"Target: {goal}: {overall} ({details})"
 
 
-def render_text(table: Table) -> str:
-    """Aligned plain text: names left, numbers right. A failed row's error
-    runs on past the columns instead of widening them."""
-    complete = [row.cells(len(table.header)) for row in table.rows if row.error is None]
-    widths = [max(len(cell) for cell in column) for column in zip(table.header, *complete)]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            cell.ljust(width) if index == 0 else cell.rjust(width)
-            for index, (cell, width) in enumerate(zip(cells, widths))
-        ]
-        return "  ".join(parts).rstrip()
-
-    def row_line(row: Row) -> str:
-        if row.error is None:
-            return line(row.cells(len(table.header)))
-        return "  ".join([row.name.ljust(widths[0]), row.error])
-
-    rule = "  ".join("-" * width for width in widths)
-    body = [table.title, "", line(table.header), rule, *map(row_line, table.rows), ""]
-    return "\n".join(body + table.notes)
-
-
-def render_markdown(table: Table) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
-    align = ["---"] + ["---:"] * (len(table.header) - 1)
-    body = [line(cells) for cells in table.cell_rows()]
-    notes = " ".join(table.notes)
-    return "\n".join([f"**{table.title}**", "", line(table.header), line(align), *body, "", notes])
-
-
-def rst_escape(text: str) -> str:
-    """Keep an error message from being read as reST markup."""
-    return "".join("\\" + char if char in "\\*`_|[]" else char for char in text)
-
-
-def render_rst(table: Table, caption: str) -> str:
-    """A ``list-table`` directive with a header row."""
-    lines = [f".. list-table:: {rst_escape(caption)}", "   :header-rows: 1", ""]
-    for first, *rest in [table.header, *table.cell_rows()]:
-        lines.append(f"   * - {rst_escape(first)}")
-        lines.extend(f"     - {rst_escape(cell)}" for cell in rest)
-    return "\n".join(lines)
-
-
-def machine_description() -> str:
-    flask_version = importlib.metadata.version("flask")
-    return (
-        f"Measured on {platform.platform()}, {os.cpu_count()} CPUs,"
-        f" Python {platform.python_version()}, Flask {flask_version},"
-        f" {datetime.date.today().isoformat()}"
-    )
-
-
 def write_rst(path: str, table: Table, targets: list[str]) -> None:
     text = "\n\n".join(
         [
@@ -727,17 +640,6 @@ def write_rst(path: str, table: Table, targets: list[str]) -> None:
 
 
 # Command line ----------------------------------------------------------------
-
-
-def progress(message: str) -> None:
-    print(f"... {message}", file=sys.stderr, flush=True)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -767,7 +669,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", choices=list(BGTASKS_SYSTEMS), metavar="ROW",
         help="instead of the table, run this row once as is and once under"
-        " cProfile, and print where the time goes and how busy the store's lock"
+        " cProfile, and print where the time goes and how busy the store's writer"
         f" is; one of: {', '.join(BGTASKS_SYSTEMS)}",
     )
     parser.add_argument(
