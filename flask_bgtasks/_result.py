@@ -516,11 +516,6 @@ class TaskResult(Future[R]):
         delay = self.retry.delay(exc, len(self._errors))
         if delay is None:
             return False
-        # Made before anyone can see that the task waits, so that a cancel()
-        # from then on finds it to wake.
-        self.__dict__["_wake_event"] = threading.Event()
-        self._status = TaskStatus.QUEUED
-        self.__dict__["_retry_in"] = delay
         logger.warning(
             "Task %r (id %s) attempt %d failed; retrying in %.1f s.",
             self.name,
@@ -529,6 +524,11 @@ class TaskResult(Future[R]):
             delay,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
+        # Made before anyone can see that the task waits, so that a cancel()
+        # from then on finds it to wake.
+        self.__dict__["_wake_event"] = threading.Event()
+        self.__dict__["_retry_in"] = delay
+        self._status = TaskStatus.QUEUED
         if self._owner is not None:
             self._owner.changed(self)
         return True

@@ -89,9 +89,14 @@ def test_cancel_ends_the_backoff(any_store_app: Flask, bg: BGTasks) -> None:
 
     with any_store_app.app_context():
         result = slow_retry.submit()
-        wait_for(lambda: result.errors and result.status is TaskStatus.QUEUED, 5, "the first failure")
-        record = bg.store().record(result.id)
-        assert record is not None and record.status is TaskStatus.QUEUED
+
+        def waits() -> bool:
+            record = bg.store().record(result.id)
+            return record is not None and record.status is TaskStatus.QUEUED and record.attempt == 1
+
+        # The store says so a moment after the task itself.
+        wait_for(waits, 5, "the first failure")
+        assert result.errors and result.status is TaskStatus.QUEUED
         assert result.cancel() is False  # it holds a worker, as a running task does
         with pytest.raises(TaskCancelled):
             result.result(5)  # far less than the 30 s or more of backoff
@@ -137,8 +142,12 @@ def test_cancel_from_another_process_ends_the_backoff(
 
     with app.app_context():
         result = slow_retry.submit()
-        wait_for(lambda: result.status is TaskStatus.QUEUED, 5, "the first failure")
-        bg.store().flush()
+
+    def waits_in_the_store() -> bool:
+        record = bg.store(other).record(result.id)
+        return record is not None and record.status is TaskStatus.QUEUED and record.attempt == 1
+
+    wait_for(waits_in_the_store, 5, "the other process to see the task wait for its retry")
     # The row says queued while it waits: cancelled at once, for the store.
     assert bg.store(other).cancel(result.id) is True
     with pytest.raises(TaskCancelled):
