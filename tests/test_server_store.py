@@ -230,16 +230,7 @@ def test_durable_tasks_of_a_killed_worker_run_again_elsewhere(tmp_path: Path) ->
         server.wait_ready("/pid")
         ids, victim = post(server, "/jobs?kinds=" + ",".join(["durable"] * 5))
         assert victim in worker_pids(server)
-        # Two running, held by the gate, and three queued behind them.
-        wait_for(
-            lambda: {i for e, i, _, _ in read_attempts(tmp_path) if e == "started"} == set(ids[:2]),
-            10,
-            f"the first two tasks to start:\n{server.output}",
-        )
-        with ThreadPoolExecutor(CLIENTS) as clients:
-            before = look_up_all(server, clients, ids)
-        assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
-        assert {a["owner_pid"] for a in before} == {victim}, before
+        two_running_three_queued(server, tmp_path, ids, victim)
 
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: gone(victim), 10, f"worker {victim} to die")
@@ -251,26 +242,52 @@ def test_durable_tasks_of_a_killed_worker_run_again_elsewhere(tmp_path: Path) ->
     assert f"Worker (pid:{victim}) was sent SIGKILL" in output, output
     events = events_by_task(tmp_path)
     for n, task_id in enumerate(ids):
-        answer = final[task_id]
-        taken_over = 2 if n < 2 else 1  # the attempt that ran to the end
-        assert (answer["status"], answer["value"], answer["attempt"]) == (
-            "succeeded",
-            n + 1000,
-            taken_over,
-        ), answer
-        rescuer = answer["owner_pid"]
-        assert rescuer != victim and rescuer in survivors, (answer, survivors)
-        if n < 2:  # it was running: attempt 1 died with the victim
-            assert starts(events[task_id]) == [(victim, 1), (rescuer, 2)], events[task_id]
-        else:  # it was queued: its first attempt ran in the rescuer
-            assert starts(events[task_id]) == [(rescuer, 1)], events[task_id]
-        assert effects(events[task_id]) == [rescuer], events[task_id]
-        if taken_over == 2:
-            assert logged(output, task_id, TAKEN_OVER, "(attempt 2)"), output
-        else:
-            assert logged(output, task_id, TAKEN_QUEUED, "running it here"), output
+        rescuer = check_rescued(final[task_id], events[task_id], output, n + 1000, n < 2, victim)
+        assert rescuer != victim and rescuer in survivors, (final[task_id], survivors)
     assert markers(tmp_path) == sorted(ids)
     assert "Traceback" not in output, output
+
+
+def two_running_three_queued(server: Server, tmp_path: Path, ids: list[str], victim: int) -> None:
+    """Wait until the first two tasks run, held by the gate, and check that
+    the other three are queued behind them, all in ``victim``."""
+    wait_for(
+        lambda: {i for e, i, _, _ in read_attempts(tmp_path) if e == "started"} == set(ids[:2]),
+        10,
+        f"the first two tasks to start:\n{server.output}",
+    )
+    with ThreadPoolExecutor(CLIENTS) as clients:
+        before = look_up_all(server, clients, ids)
+    assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
+    assert {a["owner_pid"] for a in before} == {victim}, before
+
+
+def check_rescued(
+    answer: Answer,
+    events: list[tuple[str, int, int]],
+    output: str,
+    value: int,
+    was_running: bool,
+    victim: int,
+) -> int:
+    """Check a durable task that ``victim`` held when it died: it succeeded
+    once, in the process that took it over; return that process's pid."""
+    task_id = answer["id"]
+    taken_over = 2 if was_running else 1  # the attempt that ran to the end
+    assert (answer["status"], answer["value"], answer["attempt"]) == (
+        "succeeded",
+        value,
+        taken_over,
+    ), answer
+    rescuer: int = answer["owner_pid"]
+    if was_running:  # attempt 1 died with the victim
+        assert starts(events) == [(victim, 1), (rescuer, 2)], events
+        assert logged(output, task_id, TAKEN_OVER, "(attempt 2)"), output
+    else:  # it was queued: its first attempt ran in the rescuer
+        assert starts(events) == [(rescuer, 1)], events
+        assert logged(output, task_id, TAKEN_QUEUED, "running it here"), output
+    assert effects(events) == [rescuer], events
+    return rescuer
 
 
 @pytest.mark.timeout(90)
@@ -284,15 +301,7 @@ def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
     with Server(gunicorn("-w", "2"), APPS, env) as first:
         first.wait_ready("/pid")
         ids, victim = post(first, "/jobs?kinds=" + ",".join(kinds))
-        wait_for(
-            lambda: {i for e, i, _, _ in read_attempts(tmp_path) if e == "started"} == set(ids[:2]),
-            10,
-            f"the first two tasks to start:\n{first.output}",
-        )
-        with ThreadPoolExecutor(CLIENTS) as clients:
-            before = look_up_all(first, clients, ids)
-        assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
-        assert {a["owner_pid"] for a in before} == {victim}, before
+        two_running_three_queued(first, tmp_path, ids, victim)
         first_pids = [first.process.pid, *worker_pids(first)]
         first.stop()  # SIGKILL to the process group: no drain, no release
     wait_for(lambda: all(map(gone, first_pids)), 10, f"the processes {first_pids} to die")
@@ -312,23 +321,7 @@ def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
     assert starts(events[plain]) == [(victim, 1)] and not effects(events[plain]), events[plain]
     assert logged(output, plain, LOST), output
     for n, task_id in enumerate(durable, start=1):
-        answer = final[task_id]
-        taken_over = 2 if n == 1 else 1
-        assert (answer["status"], answer["value"], answer["attempt"]) == (
-            "succeeded",
-            n + 1000,
-            taken_over,
-        ), answer
-        rescuer = answer["owner_pid"]
-        assert rescuer in rescuers, (answer, rescuers)
-        if n == 1:
-            assert starts(events[task_id]) == [(victim, 1), (rescuer, 2)], events[task_id]
-        else:
-            assert starts(events[task_id]) == [(rescuer, 1)], events[task_id]
-        assert effects(events[task_id]) == [rescuer], events[task_id]
-        if taken_over == 2:
-            assert logged(output, task_id, TAKEN_OVER, "(attempt 2)"), output
-        else:
-            assert logged(output, task_id, TAKEN_QUEUED, "running it here"), output
+        rescuer = check_rescued(final[task_id], events[task_id], output, n + 1000, n == 1, victim)
+        assert rescuer in rescuers, (final[task_id], rescuers)
     assert markers(tmp_path) == sorted(durable)
     assert "Traceback" not in output, output
