@@ -9,6 +9,7 @@ from ._errors import (
     ConfigError,
     ConfigTypeError,
     InvalidTaskError,
+    PayloadTooLarge,
     QueueFull,
     ShutdownError,
     StoreError,
@@ -18,7 +19,7 @@ from ._errors import (
     UsageError,
 )
 from ._extension import BGTasks
-from ._lifecycle import ShutdownSummary, install_sigterm_handler
+from ._lifecycle import ShutdownSummary, install_sigterm_handler, quick_stop
 from ._record import StoredResult, TaskRecord
 from ._result import TaskResult, TaskStatus
 from ._task import Task
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "InvalidTaskError",
+    "PayloadTooLarge",
     "QueueFull",
     "ShutdownError",
     "ShutdownSummary",
@@ -44,5 +46,6 @@ __all__ = [
     "UsageError",
     "current_task",
     "install_sigterm_handler",
+    "quick_stop",
     "signals",
 ]

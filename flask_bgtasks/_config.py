@@ -7,12 +7,22 @@ import os
 import typing as t
 
 from ._errors import ConfigError, ConfigTypeError
-from .stores import parse_url
+from .stores import DEFAULT_MAX_PAYLOAD_BYTES, parse_url
 
 #: The pool a task uses unless it names another.
 DEFAULT_POOL = "default"
 
 _POOL_KEYS = frozenset({"max_workers", "queue_size"})
+
+#: The most worker threads one pool may have. Each is an OS thread with its
+#: own stack, and Python runs one of them at a time: past a few hundred, more
+#: threads cost memory and switching without running more at once.
+MAX_WORKERS_CEILING = 256
+_WORKERS_WHY = (
+    "Each worker is an OS thread with its own stack, and past a few hundred"
+    " threads a process gets slower, not faster. For more tasks at once, run"
+    " more processes (such as more Gunicorn workers)."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +47,9 @@ class Config:
     store: tuple[str, str | None]
     durable: bool
     store_lease: float
+    #: Most bytes a shared store keeps of one task's arguments, value or
+    #: errors; ``None`` for no limit.
+    max_payload_bytes: int | None
     #: Whether the HTTP status API is registered, and under which prefix.
     api: bool
     api_prefix: str
@@ -60,6 +73,7 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_STORE", "memory")
     config.setdefault("BGTASKS_DURABLE", False)
     config.setdefault("BGTASKS_STORE_LEASE", 15.0)
+    config.setdefault("BGTASKS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
     config.setdefault("BGTASKS_API", False)
     config.setdefault("BGTASKS_API_PREFIX", "/tasks")
 
@@ -80,7 +94,7 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
             " BGTASKS_STORE = 'sqlite:///tasks.db'."
         )
     default = PoolConfig(
-        max_workers=_int("BGTASKS_MAX_WORKERS", config["BGTASKS_MAX_WORKERS"], 1),
+        max_workers=_workers("BGTASKS_MAX_WORKERS", config["BGTASKS_MAX_WORKERS"]),
         queue_size=_int("BGTASKS_QUEUE_SIZE", config["BGTASKS_QUEUE_SIZE"], 0, none=True),
     )
     pools = {DEFAULT_POOL: default, **_pools(config["BGTASKS_POOLS"], default)}
@@ -98,6 +112,9 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         store=store,
         durable=durable,
         store_lease=_lease(config["BGTASKS_STORE_LEASE"]),
+        max_payload_bytes=_int(
+            "BGTASKS_MAX_PAYLOAD_BYTES", config["BGTASKS_MAX_PAYLOAD_BYTES"], 1, none=True
+        ),
         api=_bool("BGTASKS_API", config["BGTASKS_API"]),
         api_prefix=_prefix(config["BGTASKS_API_PREFIX"]),
     )
@@ -133,8 +150,8 @@ def _pools(value: object, default: PoolConfig) -> dict[str, PoolConfig]:
                 " accepted keys are 'max_workers' and 'queue_size'."
             )
         pools[name] = PoolConfig(
-            max_workers=_int(
-                f"{where}['max_workers']", settings.get("max_workers", default.max_workers), 1
+            max_workers=_workers(
+                f"{where}['max_workers']", settings.get("max_workers", default.max_workers)
             ),
             queue_size=_int(
                 f"{where}['queue_size']",
@@ -150,7 +167,15 @@ def _show(value: object) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _int(key: str, value: object, minimum: int, none: bool = False) -> t.Any:
+def _int(
+    key: str,
+    value: object,
+    minimum: int,
+    none: bool = False,
+    maximum: int | None = None,
+    why: str = "",
+) -> t.Any:
+    """Check a count; ``why`` says why a value over ``maximum`` is refused."""
     accepted = f"a whole number of at least {minimum}" + (", or None for no limit" if none else "")
     if value is None and none:
         return None
@@ -159,7 +184,14 @@ def _int(key: str, value: object, minimum: int, none: bool = False) -> t.Any:
         raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
     if value < minimum:
         raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} must be at most {maximum}; got {value!r}. {why}".rstrip())
     return value
+
+
+def _workers(key: str, value: object) -> int:
+    workers: int = _int(key, value, 1, maximum=MAX_WORKERS_CEILING, why=_WORKERS_WHY)
+    return workers
 
 
 @t.overload

@@ -9,18 +9,18 @@ snapshot of the request). In the worker: run the task in a fresh app context
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import io
 import sys
 import typing as t
-from concurrent.futures import Future
 from urllib.parse import urlencode
 
 from flask import Flask, current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from . import signals
-from ._errors import InvalidTaskError, UsageError
-from ._result import TaskStatus
+from ._errors import InvalidTaskError, TaskCancelled, UsageError
+from ._result import TaskStatus, short_repr
 
 if t.TYPE_CHECKING:
     from ._result import TaskResult
@@ -41,18 +41,93 @@ def get_app() -> Flask:
         ) from None
 
 
+# Values with nothing inside to look at. Most arguments are one of these, and
+# each costs one set lookup, which keeps submit with plain values fast.
+_ATOMS = frozenset({int, float, complex, bool, str, bytes, type(None)})
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+# Containers are opened this many levels deep: the proxy in [[[[request]]]]
+# is found, one more level is not looked into. Arguments are rarely nested
+# deeper, and each level costs time on every submit.
+MAX_DEPTH = 4
+# At most this many items are looked at per submit, so that a long list does
+# not make submit slow; what is left after that is not checked.
+MAX_ITEMS = 10_000
+# Steps in the path to a refused value that have no subscript.
+_KEY = object()
+_MEMBER = object()
+
+
 def check_arguments(task: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) -> None:
-    """Refuse ``request``, ``session``, ``g`` or ``current_app`` as arguments.
+    """Refuse ``request``, ``session``, ``g`` or ``current_app`` as arguments,
+    and ORM instances attached to a database session, also inside lists,
+    tuples, sets and dicts (``MAX_DEPTH`` levels deep, ``MAX_ITEMS`` items
+    in all).
 
     A proxy resolves in the thread that uses it, and there is no request in
-    the worker. ``type() is`` looks at the proxy itself, not its target.
+    the worker. The session of an ORM instance belongs to the submitting
+    request or app context, which closes it.
     """
+    left = [MAX_ITEMS]
     for position, value in enumerate(args):
-        if type(value) is LocalProxy:
-            _refuse(task, f"Argument {position}", value)
+        if type(value) not in _ATOMS:
+            found = _find(value, 0, left)
+            if found is not None:
+                _refuse(task, f"argument {position}", *found)
     for name, value in kwargs.items():
-        if type(value) is LocalProxy:
-            _refuse(task, f"Argument {name!r}", value)
+        if type(value) not in _ATOMS:
+            found = _find(value, 0, left)
+            if found is not None:
+                _refuse(task, f"argument {name!r}", *found)
+
+
+def _find(value: object, depth: int, left: list[int]) -> tuple[list[object], object] | None:
+    """The steps to a proxy or an attached ORM instance in ``value``
+    (innermost first) and that value, or ``None``. ``left[0]`` counts down
+    the items that may still be looked at."""
+    # type(), not isinstance(), looks at a proxy itself rather than its target.
+    if issubclass(type(value), LocalProxy):
+        return [], value
+    if not isinstance(value, _CONTAINERS):
+        return ([], value) if _attached_to_session(value) else None
+    if depth >= MAX_DEPTH:
+        return None
+    steps: t.Iterable[tuple[object, object]]
+    if isinstance(value, dict):
+        steps = (pair for key, item in value.items() for pair in ((_KEY, key), (key, item)))
+    elif isinstance(value, (set, frozenset)):
+        steps = ((_MEMBER, item) for item in value)
+    else:
+        steps = enumerate(value)
+    for step, item in steps:
+        left[0] -= 1
+        if left[0] < 0:
+            return None
+        if type(item) in _ATOMS:
+            continue
+        found = _find(item, depth + 1, left)
+        if found is not None:
+            found[0].append(step)
+            return found
+    return None
+
+
+def _attached_to_session(value: object) -> bool:
+    """Whether ``value`` is an instance mapped by SQLAlchemy (Flask-SQLAlchemy
+    models included) that is attached to a session."""
+    # Not a dependency: never imported here. If nothing imported it, nothing
+    # is mapped.
+    sqlalchemy = sys.modules.get("sqlalchemy")
+    if sqlalchemy is None:
+        return False
+    # sqlalchemy.inspect() is the public way to ask. The class is asked
+    # first: inspecting a class has no side effects, while inspecting some
+    # instances has (an Engine connects to build an Inspector).
+    if sqlalchemy.inspect(type(value), raiseerr=False) is None:
+        return False
+    # InstanceState.session is the session the instance is pending or
+    # persistent in, None once it is transient or detached.
+    state = sqlalchemy.inspect(value, raiseerr=False)
+    return getattr(state, "session", None) is not None
 
 
 def check_not_forking_per_request() -> None:
@@ -75,12 +150,90 @@ def check_not_forking_per_request() -> None:
         )
 
 
-def _refuse(task: str, which: str, value: object) -> t.NoReturn:
+def served_by_waitress() -> bool:
+    """Whether the current request came through Waitress: it puts its own
+    ``waitress.*`` keys in the WSGI environ, and names itself in
+    ``SERVER_SOFTWARE`` unless its ``ident`` was changed.
+    """
+    if not has_request_context():
+        return False
+    environ = request.environ
+    return "waitress.client_disconnected" in environ or str(
+        environ.get("SERVER_SOFTWARE", "")
+    ).startswith("waitress")
+
+
+def is_reloader_watcher() -> bool:
+    """Whether this process is the watcher of ``flask run``'s reloader.
+
+    ``flask run --debug`` loads the app in the process it starts, to report
+    import errors early, then only watches the files and restarts a child
+    process that loads the app again and serves. Werkzeug marks that child
+    with ``WERKZEUG_RUN_MAIN``. So the watcher is the process that runs the
+    ``run`` command with the reloader on, without that mark. (The watcher of
+    ``app.run(debug=True)`` can't be told apart before ``app.run`` is
+    called.)
+    """
+    # Imported here: only ever needed for the first submit of a process.
+    import click
+    from flask.cli import run_command
+    from flask.helpers import get_debug_flag
+    from werkzeug.serving import is_running_from_reloader
+
+    if is_running_from_reloader():
+        return False
+    context = click.get_current_context(silent=True)
+    if context is None or context.command is not run_command:
+        return False
+    reload = context.params.get("reload")
+    # --reload/--no-reload, or else on with --debug, as run_command decides.
+    return bool(get_debug_flag() if reload is None else reload)
+
+
+def _refuse(task: str, where: str, steps: list[object], value: object) -> t.NoReturn:
+    which = _describe(where, reversed(steps))
+    which = which[0].upper() + which[1:]
+    if issubclass(type(value), LocalProxy):
+        raise InvalidTaskError(
+            f"{which} of task {task!r} is a Flask context proxy ({object.__repr__(value)});"
+            " it does not work in another thread. Pass plain values instead, such"
+            " as request.args['id'] or g.user.id, or declare the task with"
+            " copy_request=True / copy_g=[...] to give it a copy."
+        )
+    # No repr(): a model's repr could load attributes from the database.
+    model = type(value).__name__
     raise InvalidTaskError(
-        f"{which} of task {task!r} is a Flask context proxy ({object.__repr__(value)});"
-        " it does not work in another thread. Pass plain values instead, such"
-        " as request.args['id'] or g.user.id, or declare the task with"
-        " copy_request=True / copy_g=[...] to give it a copy."
+        f"{which} of task {task!r} is a {model} instance attached to a database"
+        " session, which belongs to the submitting request or app context and"
+        " is closed when it ends: the task could not load its attributes. Pass"
+        " its primary key instead, and load it in the task with"
+        f" db.session.get({model}, id)."
+    )
+
+
+def _describe(where: str, steps: t.Iterable[object]) -> str:
+    """Say where a value is: "argument 0[2]['user']", "a key of argument 1"."""
+    base, subscripts, inside = where, "", False
+    for step in steps:
+        if step is _KEY or step is _MEMBER:
+            whole = f"item {subscripts} of {base}" if inside and subscripts else base + subscripts
+            base = f"{'a key of' if step is _KEY else 'an item of'} {whole}"
+            subscripts, inside = "", True
+        else:
+            subscripts += f"[{short_repr(step, 40)}]"
+    return f"item {subscripts} of {base}" if inside and subscripts else base + subscripts
+
+
+def _refuse_awaitable(task: str, value: object) -> t.NoReturn:
+    """Fail a task whose function returned a coroutine or other awaitable,
+    which no event loop will ever run."""
+    if inspect.iscoroutine(value):
+        value.close()  # closed, it does not warn that it was never awaited
+    raise InvalidTaskError(
+        f"Task {task!r} returned a {type(value).__qualname__}, which is awaitable:"
+        " its function is async, or calls one without awaiting it. Background"
+        " tasks run plain functions in threads, so it never ran. Make it a plain"
+        " 'def', or wrap it: 'def task(...): return asyncio.run(coroutine(...))'."
     )
 
 
@@ -161,6 +314,8 @@ def run_task(
             signals.task_started.send(app, task=result)
         try:
             value = call(*args, **kwargs)
+            if inspect.isawaitable(value):
+                _refuse_awaitable(result.name, value)
         except BaseException as exc:
             error = exc
             result._fail(exc)
@@ -181,9 +336,14 @@ def _send_outcome(app: Flask, result: TaskResult[t.Any]) -> None:
         if signals.task_succeeded.receivers:
             signals.task_succeeded.send(app, task=result, result=result.result(0))
         return
-    signal = signals.task_cancelled if status is TaskStatus.CANCELLED else signals.task_failed
-    if signal.receivers:
-        signal.send(app, task=result, exception=Future.exception(result, 0))
+    if status is TaskStatus.CANCELLED:
+        if signals.task_cancelled.receivers:
+            try:
+                result.exception(0)
+            except TaskCancelled as exc:  # what stopped it, as result() raises it
+                signals.task_cancelled.send(app, task=result, exception=exc)
+    elif signals.task_failed.receivers:
+        signals.task_failed.send(app, task=result, exception=result.exception(0))
 
 
 def app_context(app: Flask) -> t.ContextManager[object]:

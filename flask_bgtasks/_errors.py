@@ -6,9 +6,8 @@ exception it is closest to, so existing ``except`` clauses keep working.
 
 from __future__ import annotations
 
-from concurrent.futures import CancelledError
-
 import typing as t
+from concurrent.futures import CancelledError
 
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -110,6 +109,18 @@ class UsageError(BGTasksError, RuntimeError):
 
 class InvalidTaskError(BGTasksError, TypeError):
     """A task, or an argument given to one, cannot be run in the background.
+
+    .. versionadded:: 0.1
+    """
+
+
+class PayloadTooLarge(InvalidTaskError, ValueError):
+    """A task's arguments or return value are larger than a shared store
+    keeps for one task (:data:`BGTASKS_MAX_PAYLOAD_BYTES`).
+
+    ``submit`` raises it for arguments, and stores nothing; a task whose
+    return value is too large fails with it, and the value is dropped. It is
+    an :class:`InvalidTaskError` and a :class:`ValueError`.
 
     .. versionadded:: 0.1
     """

@@ -13,14 +13,22 @@ from ._context import (
     app_context,
     check_not_forking_per_request,
     get_app,
+    is_reloader_watcher,
     send_cancelled,
 )
 from ._current import running_task
 from ._errors import ConfigError, QueueFull, ShutdownError, UsageError
-from ._lifecycle import ShutdownSummary, drain_at_exit
+from ._lifecycle import (
+    ShutdownSummary,
+    drain_at_exit,
+    quick_stop_signals,
+    stopping_quickly,
+    wait_unless_stopped,
+)
 from ._result import TaskStatus
 from ._task import Task
 from ._uwsgi import check_uwsgi
+from ._waitress import check_waitress
 from .backends import Backend
 from .backends.eager import EagerBackend
 from .backends.threads import ThreadBackend
@@ -65,12 +73,20 @@ class _AppState:
         self.closing = False
         self.hooks_ran = False
 
-    def enter_process(self) -> None:
+    def enter_process(self) -> bool:
         """The first submit in this process. Refuse a process forked for
-        one request, since its tasks could never run."""
+        one request, since its tasks could never run.
+
+        :return: ``False`` in the watcher of ``flask run``'s reloader, which
+            must run no task, start no thread and write nothing: the
+            process it starts to serve loads the app again, and runs them.
+        """
         check_not_forking_per_request()
+        if is_reloader_watcher():
+            return False
         self.active_pid = os.getpid()
         self.activate_store()
+        return True
 
     def activate_store(self) -> None:
         """This process runs tasks: let a shared store start its upkeep,
@@ -123,6 +139,9 @@ class _AppState:
     def changed(self, result: TaskResult[t.Any]) -> None:
         self.store.changed(result)
 
+    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+        return self.store.unstorable(result, value)
+
     def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
         self.store.finished(result, value)
 
@@ -158,6 +177,7 @@ def _open_store(app: Flask, config: _config.Config) -> TaskStore:
         config.result_ttl,
         config.max_results,
         config.store_lease,
+        max_payload_bytes=config.max_payload_bytes,
     )
 
 
@@ -217,6 +237,7 @@ class BGTasks:
             )
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
+            app.before_request(check_waitress)
         state = _AppState(app, config, self._tasks)
         self._apps[app] = state
         app.extensions["bgtasks"] = self
@@ -549,17 +570,31 @@ class BGTasks:
     def _drain_at_exit(self) -> None:
         start = time.monotonic()
         pid = os.getpid()
+        states = list(self._apps.values())
+        # Nothing submits from here on, in any app, also from an exit handler
+        # or a thread that is still running: an app that never ran a task in
+        # this process (the master of a pre-forking server) is closed too.
+        for state in states:
+            if state.active_pid != pid:
+                state.backend.close()
+        quick = stopping_quickly()
         plan = [
             (
                 state,
-                state.config.shutdown_queued == "cancel",
-                start + state.config.shutdown_timeout,
+                quick or state.config.shutdown_queued == "cancel",
+                start + (0 if quick else state.config.shutdown_timeout),
             )
-            for state in list(self._apps.values())
+            for state in states
             if state.active_pid == pid
         ]
         pending = [result.id for state, _, _ in plan for result in state.backend.unfinished()]
-        if pending:
+        if pending and quick:
+            logger.warning(
+                "Stopping quickly: ending %d background tasks now: %s",
+                len(pending),
+                ", ".join(pending),
+            )
+        elif pending:
             # Named up front, so that a kill before the deadline (a server's
             # own timeout, say) still leaves a trace of what was lost.
             logger.warning(
@@ -568,7 +603,8 @@ class BGTasks:
                 max(deadline for _, _, deadline in plan) - start,
                 ", ".join(pending),
             )
-        summary = self._shutdown(plan, wait=True)
+        with quick_stop_signals():
+            summary = self._shutdown(plan, wait=True, at_exit=True)
         if summary.cancelled or summary.interrupted:
             logger.warning(
                 "Background tasks at exit: %d finished, %d cancelled while queued,"
@@ -584,7 +620,10 @@ class BGTasks:
             )
 
     def _shutdown(
-        self, plan: t.Sequence[tuple[_AppState, bool, float | None]], wait: bool
+        self,
+        plan: t.Sequence[tuple[_AppState, bool, float | None]],
+        wait: bool,
+        at_exit: bool = False,
     ) -> ShutdownSummary:
         # Each step for every app before the next step, so that all apps
         # stop accepting work at once and share the time until the deadline.
@@ -600,7 +639,13 @@ class BGTasks:
             )
         interrupted = []
         for state, _, deadline in plan:
-            if not state.backend.wait(deadline):
+            # At exit, a quick stop (a second Ctrl-C, say) ends the wait.
+            done = (
+                wait_unless_stopped(state.backend.wait, deadline)
+                if at_exit
+                else state.backend.wait(deadline)
+            )
+            if not done:
                 late_cancelled, late_interrupted = state.backend.interrupt()
                 cancelled += late_cancelled
                 interrupted += late_interrupted

@@ -1,14 +1,18 @@
-"""The end of a process: the shutdown summary, the drain at exit, and an
-opt-in SIGTERM handler for servers that have no graceful SIGTERM of their own.
+"""The end of a process: the shutdown summary, the drain at exit, the quick
+stop, and an opt-in SIGTERM handler for servers that have no graceful SIGTERM
+of their own.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import threading
+import time
 import typing as t
 import weakref
 
@@ -51,13 +55,131 @@ def drain_at_exit(extension: BGTasks) -> None:
     _instances.add(extension)
 
 
-# atexit handlers run after the non-daemon threads were joined and before
-# daemon threads, like the workers, are stopped. Registering costs nothing
-# and does nothing for an extension that was never registered on an app.
-@atexit.register
+# The process whose exit drained already: _drain_all is registered twice.
+_drained_pid: int | None = None
+
+
 def _drain_all() -> None:
+    global _drained_pid
+    if _drained_pid == os.getpid():
+        return
+    _drained_pid = os.getpid()
     for extension in list(_instances):
         extension._drain_at_exit()
+
+
+def _run_at_exit(fn: t.Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter exits, before every :mod:`atexit`
+    handler, whenever that was registered, so that none of them can submit
+    a task once the drain has begun: they get :class:`ShutdownError`.
+
+    CPython calls the hooks of the private ``threading._register_atexit``
+    first, before it joins the non-daemon threads and before the atexit
+    handlers; :mod:`concurrent.futures` uses it for the same reason, and no
+    public hook runs that early. A test in ``tests/test_exit.py`` fails if
+    it stops working. ``fn`` is registered with :mod:`atexit` too, for
+    embedders that run the atexit handlers alone; the drain runs once.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(fn)
+    atexit.register(fn)
+
+
+# Registering costs nothing and does nothing for an extension that was never
+# registered on an app.
+_run_at_exit(_drain_all)
+
+
+# -- the quick stop -------------------------------------------------------
+
+_quick = threading.Event()
+# True while the drain at exit waits for the tasks in the main thread, where
+# a quick-stop signal may then end the wait.
+_waiting = False
+
+
+class _QuickStop(Exception):
+    """Raised by the quick-stop signal handler into the drain's wait."""
+
+
+def quick_stop() -> None:
+    """Stop quickly: the drain at exit cancels the queued tasks (a durable
+    task is left in the store for the next process) and ends the running
+    ones at once, instead of waiting up to ``BGTASKS_SHUTDOWN_TIMEOUT``. Each
+    unfinished task is logged with its id. Safe to call from a signal
+    handler and from any thread, before or during the drain.
+
+    Gunicorn calls its ``worker_int`` hook on a quick shutdown (SIGINT,
+    SIGQUIT); hand it on in ``gunicorn.conf.py``:
+
+    .. code-block:: python
+
+        from flask_bgtasks import quick_stop
+
+        def worker_int(worker):
+            quick_stop()
+
+    During the drain at exit, SIGINT (a second Ctrl-C) and SIGQUIT do this
+    by themselves.
+
+    .. versionadded:: 0.1
+    """
+    _quick.set()
+
+
+def stopping_quickly() -> bool:
+    """Whether :func:`quick_stop` was asked for in this process."""
+    return _quick.is_set()
+
+
+@contextlib.contextmanager
+def quick_stop_signals() -> t.Iterator[None]:
+    """For the drain at exit: SIGINT and SIGQUIT mean :func:`quick_stop`.
+
+    Signal handlers can only be set in the main thread, which is where the
+    interpreter runs its exit handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGINT", "SIGQUIT")
+    signums = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, _on_quick_signal) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler set from C, which Python can't put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _on_quick_signal(signum: int, frame: FrameType | None) -> None:
+    if not _quick.is_set():
+        logger.warning(
+            "%s received while draining: cancelling the queued background"
+            " tasks and ending the running ones now.",
+            signal.Signals(signum).name,
+        )
+    _quick.set()
+    if _waiting:
+        raise _QuickStop
+
+
+def wait_unless_stopped(wait: t.Callable[[float | None], bool], deadline: float | None) -> bool:
+    """``wait(deadline)``, which returns whether the tasks are done; but
+    ``False`` as soon as a quick stop is asked for."""
+    global _waiting
+    try:
+        try:
+            _waiting = True
+            # Checked after _waiting is set: a signal from here on ends the wait.
+            return wait(time.monotonic() if _quick.is_set() else deadline)
+        finally:
+            _waiting = False
+    except _QuickStop:  # also when it came in the inner finally
+        _waiting = False
+        return False
 
 
 def install_sigterm_handler() -> None:

@@ -25,7 +25,13 @@ from ._errors import QueueFull, ShutdownError
 from ._process import ProcessLocal
 from ._result import TaskResult, logger
 
-_Queue = SimpleQueue[TaskResult[t.Any] | None]
+
+class _Retire:
+    """Put on the queue before a fork: the worker that takes it exits."""
+
+
+_RETIRE = _Retire()
+_Queue = SimpleQueue[TaskResult[t.Any] | _Retire | None]
 _pool_numbers = itertools.count()
 
 
@@ -53,6 +59,10 @@ class WorkerPool(ProcessLocal):
         self._idle = threading.Condition(self._lock)
         self._queue: _Queue = SimpleQueue()
         self._threads: list[threading.Thread] = []
+        # About one token per worker that waits for a task, as in CPython's
+        # ThreadPoolExecutor: a submit that takes one leaves the task to
+        # that worker instead of starting a new thread.
+        self._idle_workers = threading.Semaphore(0)
         self._in_flight: set[TaskResult[t.Any]] = set()
         self._joiners = 0
         self._closed = False
@@ -81,6 +91,8 @@ class WorkerPool(ProcessLocal):
                 )
             self._in_flight.add(result)
             self._queue.put(result)
+            if self._idle_workers.acquire(blocking=False):
+                return
             if len(self._threads) < self.max_workers:
                 self._start_worker()
 
@@ -93,7 +105,7 @@ class WorkerPool(ProcessLocal):
 
         thread = threading.Thread(
             target=_work,
-            args=(weakref.ref(self, wake), queue, self._past_deadline),
+            args=(weakref.ref(self, wake), queue, self._idle_workers, self._past_deadline),
             name=f"bgtasks-{self.name}-{self._number}_{len(self._threads)}",
             # Daemon threads, so that a stuck task can't keep the process
             # alive; draining at exit is the shutdown's job.
@@ -101,6 +113,22 @@ class WorkerPool(ProcessLocal):
         )
         thread.start()
         self._threads.append(thread)
+
+    def _before_fork(self) -> None:
+        # One retire token per worker, behind the queued tasks: the idle
+        # workers exit at once and the busy ones after the tasks queued now,
+        # so a process that forks, such as a Gunicorn master, is left with
+        # none of our threads. Workers start again on the next submit. The
+        # token is not waited for: a thread that waits for a task holds no
+        # lock that the child could copy.
+        with self._lock:
+            for _ in self._threads:
+                self._queue.put(_RETIRE)
+
+    def _retire(self, thread: threading.Thread) -> None:
+        with self._lock:
+            if thread in self._threads:
+                self._threads.remove(thread)
 
     def _task_done(self, result: TaskResult[t.Any]) -> None:
         self._in_flight.discard(result)
@@ -184,7 +212,7 @@ class WorkerPool(ProcessLocal):
                 result = self._queue.get_nowait()
             except Empty:
                 return cancelled
-            if result is None:
+            if result is None or isinstance(result, _Retire):
                 continue
             if result._cancel_queued(shutdown=True):
                 _log_cancelled(result, "was queued at shutdown")
@@ -200,11 +228,30 @@ def _log_cancelled(result: TaskResult[t.Any], when: str) -> None:
     logger.warning("Task %r (id %s) %s and %s.", result.name, result.id, when, then)
 
 
-def _work(pool_ref: weakref.ref[WorkerPool], queue: _Queue, past_deadline: threading.Event) -> None:
+def _work(
+    pool_ref: weakref.ref[WorkerPool],
+    queue: _Queue,
+    idle_workers: threading.Semaphore,
+    past_deadline: threading.Event,
+) -> None:
     while True:
-        result = queue.get()
+        try:
+            result = queue.get_nowait()
+        except Empty:
+            # Nothing to do: count this worker as idle while it waits, and
+            # take the token back once it has a task, unless the submitter of
+            # that task took it already. So the tokens follow the idle workers
+            # closely, and a busy worker is never counted as idle for long.
+            idle_workers.release()
+            result = queue.get()
+            idle_workers.acquire(blocking=False)
         if result is None:
             queue.put(None)
+            return
+        if isinstance(result, _Retire):
+            pool = pool_ref()
+            if pool is not None:
+                pool._retire(threading.current_thread())
             return
         if past_deadline.is_set():
             # Left in the in-flight set, where interrupt() cancels it.

@@ -14,7 +14,6 @@ private methods, used by the pools and backends:
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import secrets
 import threading
@@ -23,11 +22,11 @@ import traceback
 import typing as t
 from concurrent.futures import CancelledError, Future
 from contextvars import Context
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ._config import DEFAULT_POOL
 from ._current import running_task
-from ._errors import InvalidTaskError, TaskCancelled, TaskTimeout
+from ._errors import TaskCancelled, TaskTimeout
 from ._timeouts import watchdog
 
 if t.TYPE_CHECKING:
@@ -80,11 +79,19 @@ class TaskOwner(t.Protocol):
     def changed(self, result: TaskResult[t.Any]) -> None:
         """Called when progress, the cancel request or the errors change."""
 
+    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+        """The error to fail the task with if its store can't keep the value
+        it returned (not JSON for a durable task, or too large); else ``None``."""
+
     def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
         """Called once the outcome is published, before waiters wake."""
 
     def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
         """Whether the task was asked to stop from outside this object."""
+
+
+#: The statuses of a task that has ended.
+_ENDED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 def error_info(exc: BaseException, attempt: int) -> dict[str, t.Any]:
@@ -119,7 +126,7 @@ def _new_id() -> str:
 
 
 def as_datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
 
 
 class TaskResult(Future[R]):
@@ -202,8 +209,19 @@ class TaskResult(Future[R]):
 
     @property
     def status(self) -> TaskStatus:
-        """The task's :class:`TaskStatus` now."""
-        return self._status
+        """The task's :class:`TaskStatus` now.
+
+        It always agrees with the :class:`~concurrent.futures.Future` side:
+        ``succeeded``, ``failed`` or ``cancelled`` exactly when ``done()``,
+        ``running`` exactly when ``running()``, ``cancelled`` exactly when
+        ``cancelled()``.
+        """
+        status = self._status
+        if status in _ENDED and not Future.done(self):
+            # The outcome is being published (the store is told first, then
+            # the Future settles): until it has, the task is what it was.
+            return TaskStatus.QUEUED if self._started is None else TaskStatus.RUNNING
+        return status
 
     @property
     def submitted_at(self) -> datetime:
@@ -266,7 +284,7 @@ class TaskResult(Future[R]):
         it, and the call returns ``False``, as for any running future. A
         finished task is left as it is.
         """
-        if self._cancel_queued() or self._status is TaskStatus.CANCELLED:
+        if self._cancel_queued() or self.status is TaskStatus.CANCELLED:
             return True
         if not self.done():
             self._cancel_requested = True
@@ -284,20 +302,26 @@ class TaskResult(Future[R]):
         """
         if self._claim() is None:
             return False
-        # The job is ours, so no worker will ever run it.
-        self._finished = time.time()
-        self._status = TaskStatus.CANCELLED
+        # The job is ours, so no worker will ever run it, and nothing else
+        # publishes an outcome for a task that never started.
+        self._publish()
         self.released = shutdown and self.durable
-        if self._owner is not None:
-            self._owner.finished(self)
-        super().cancel()
+        self._settle(
+            TaskStatus.CANCELLED,
+            error=TaskCancelled(f"Task {self.name!r} was cancelled before it started."),
+        )
         if self._owner is not None:
             self._owner.cancelled(self)
         return True
 
     def cancelled(self) -> bool:
         """``True`` if the task was cancelled, before or while running."""
-        return self._status is TaskStatus.CANCELLED
+        return self.status is TaskStatus.CANCELLED
+
+    def running(self) -> bool:
+        """``True`` while a worker runs an attempt of the task. A task that
+        waits for its next retry is ``queued``, not running."""
+        return self.status is TaskStatus.RUNNING
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the task and return its value.
@@ -329,8 +353,6 @@ class TaskResult(Future[R]):
             exc = super().exception(timeout)
         except CancelledError as cancel:
             raise self._as_task_cancelled(cancel) from None
-        if isinstance(exc, CancelledError):
-            raise exc
         return exc
 
     def add_done_callback(self, fn: t.Callable[[Future[R]], object]) -> None:
@@ -348,10 +370,11 @@ class TaskResult(Future[R]):
         ident = f" id={task_id}" if task_id else ""
         return f"<TaskResult {self.name!r}{ident} {self._status.value}>"
 
-    def _as_task_cancelled(self, exc: CancelledError) -> TaskCancelled:
-        if isinstance(exc, TaskCancelled):
-            return exc
-        return TaskCancelled(f"Task {self.name!r} was cancelled before it started.")
+    def _as_task_cancelled(self, exc: CancelledError) -> CancelledError:
+        # What ended the task: cancelled while queued, asked to stop while
+        # running, or interrupted at the shutdown deadline.
+        error: CancelledError | None = self.__dict__.get("_cancel_error")
+        return exc if error is None else error
 
     def _call_back(self, fn: t.Callable[[Future[R]], object]) -> None:
         try:
@@ -369,7 +392,10 @@ class TaskResult(Future[R]):
         return self.__dict__.pop("_job", None)  # type: ignore[no-any-return]
 
     def _run(self, job: Job) -> None:
-        self.set_running_or_notify_cancel()
+        # The Future stays PENDING while the task runs (running() reads the
+        # status instead): from PENDING, Future.cancel() can still end it as
+        # cancelled when it stops after a cancel request or at the shutdown
+        # deadline, so that status and Future state never disagree.
         if self.timeout is not None:
             watchdog.watch(self, self.timeout)
         # A fresh context: nothing set by the submitter or by an earlier task
@@ -430,15 +456,16 @@ class TaskResult(Future[R]):
         self.attempt -= 1
         if not self._publish():
             return
-        self._finished = time.time()
-        self._status = TaskStatus.CANCELLED
         logger.info(
             "Task %r (id %s) does not run here: its record says another process"
             " cancelled it or took it over.",
             self.name,
             self.id,
         )
-        self.set_exception(TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."))
+        self._settle(
+            TaskStatus.CANCELLED,
+            error=TaskCancelled(f"Task {self.name!r} (id {self.id}) was cancelled."),
+        )
         if self._owner is not None:
             self._owner.cancelled(self)
 
@@ -459,26 +486,16 @@ class TaskResult(Future[R]):
 
     def _succeed(self, value: R) -> bool:
         """Publish the return value; ``False`` if the task was already ended."""
-        if self.durable and "_unpublished" in self.__dict__:
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                return self._fail(
-                    InvalidTaskError(
-                        f"Durable task {self.name!r} returned {type(value).__name__}"
-                        f" {short_repr(value, 80)}, which is not JSON ({exc}). A durable"
-                        " task's value is stored as JSON: return a str, number,"
-                        " bool, None, or a list or dict of them."
-                    )
-                )
+        if self._owner is not None and "_unpublished" in self.__dict__:
+            # The store refuses what it can't keep (not JSON, or too large):
+            # the task fails with that error rather than lose its outcome.
+            problem = self._owner.unstorable(self, value)
+            if problem is not None:
+                return self._fail(problem)
         if not self._publish():
             logger.info("Task %r returned after it was ended; the value is discarded.", self)
             return False
-        self._finished = time.time()
-        self._status = TaskStatus.SUCCEEDED
-        if self._owner is not None:
-            self._owner.finished(self, value)
-        self.set_result(value)
+        self._settle(TaskStatus.SUCCEEDED, value)
         return True
 
     def _fail(self, exc: BaseException) -> bool:
@@ -493,22 +510,47 @@ class TaskResult(Future[R]):
         if not self._publish():
             logger.info("Task %r raised %r after it was ended; it is discarded.", self, exc)
             return False
-        self._finished = time.time()
         if isinstance(exc, CancelledError):
-            self._status = TaskStatus.CANCELLED
             logger.info("Task %r (id %s) was cancelled while running.", self.name, self.id)
+            self._settle(TaskStatus.CANCELLED, error=exc)
         else:
-            self._status = TaskStatus.FAILED
             logger.error(
                 "Task %r (id %s) failed.",
                 self.name,
                 self.id,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )
-        if self._owner is not None:
-            self._owner.finished(self)
-        self.set_exception(exc)
+            self._settle(TaskStatus.FAILED, error=exc)
         return True
+
+    def _settle(
+        self, status: TaskStatus, value: object = None, error: BaseException | None = None
+    ) -> None:
+        """End the task with ``status``: the one place where a task ends.
+        The caller has won :meth:`_publish`.
+
+        The store is told first, so that a waiter that wakes finds the
+        outcome there too; then the Future settles, which wakes
+        ``result()``, ``wait()`` and ``as_completed()`` and runs the
+        done-callbacks.
+        """
+        self._finished = time.time()
+        self._status = status
+        if self._owner is not None:
+            self._owner.finished(self, value)
+        if status is TaskStatus.SUCCEEDED:
+            self.set_result(t.cast(R, value))
+        elif status is TaskStatus.FAILED:
+            self.set_exception(error)
+        else:
+            # The Future API's own way to CANCELLED_AND_NOTIFIED, the state
+            # that wait() and as_completed() count as done: cancel() wakes
+            # result() and runs the callbacks, set_running_or_notify_cancel()
+            # wakes the waiters of wait() and as_completed(). The Future is
+            # still PENDING here, even for a task that was running.
+            self.__dict__["_cancel_error"] = error
+            Future.cancel(self)
+            Future.set_running_or_notify_cancel(self)
 
     def _will_retry(self, exc: BaseException) -> bool:
         if self.retry is None or isinstance(exc, CancelledError) or self.cancel_requested:
@@ -545,18 +587,14 @@ class TaskResult(Future[R]):
         self._wake()
         if not self._publish():
             return False
-        self._finished = time.time()
         if not self.released:  # not a failure of the task: it runs again
             self._errors += (error_info(exc, self.attempt),)
         if isinstance(exc, CancelledError):
-            self._status = TaskStatus.CANCELLED
             logger.warning("%s", exc)
+            self._settle(TaskStatus.CANCELLED, error=exc)
         else:
-            self._status = TaskStatus.FAILED
             logger.error("%s", exc)
-        if self._owner is not None:
-            self._owner.finished(self)
-        self.set_exception(exc)
+            self._settle(TaskStatus.FAILED, error=exc)
         return True
 
     def _time_out(self) -> None:

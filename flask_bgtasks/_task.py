@@ -6,6 +6,7 @@ import collections
 import functools
 import inspect
 import itertools
+import logging
 import os
 import time
 import typing as t
@@ -17,6 +18,8 @@ from ._errors import InvalidTaskError, UsageError
 from ._record import to_json
 from ._result import TaskResult, short_repr
 from ._retry import RetryPolicy
+
+logger = logging.getLogger("flask_bgtasks")
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -66,11 +69,12 @@ class Task(t.Generic[P, R]):
                 f"@bg.task needs a function, got {fn!r} ({type(fn).__name__})."
                 " Put the decorator directly above a 'def'."
             )
-        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        found = _async_function(fn)
+        if found is not None:
             raise InvalidTaskError(
-                f"{fn.__qualname__!r} is an 'async def' function; background"
-                " tasks run plain functions in threads. Make it a plain 'def', or"
-                " wrap it: 'def task(...): return asyncio.run(coroutine(...))'."
+                f"{_async_what(fn, found)}; background tasks run plain functions in"
+                " threads. Make it a plain 'def', or wrap it: 'def task(...):"
+                " return asyncio.run(coroutine(...))'."
             )
         if name is None:
             # Callable objects have no __qualname__ of their own: use their class's.
@@ -202,12 +206,9 @@ class Task(t.Generic[P, R]):
     ) -> t.Iterator[R]:
         try:
             while pending:
-                result = pending.popleft()
-                left = None if deadline is None else deadline - time.monotonic()
-                value = result.result(left)
-                if submit_next is not None:
-                    submit_next(1)
-                yield value
+                # No local name holds the value or its result while the
+                # caller has it: dropping the value frees it (bpo-14406).
+                yield _next_result(pending, deadline, submit_next)
         finally:
             _cancel_all(pending)
 
@@ -222,8 +223,8 @@ class Task(t.Generic[P, R]):
         kwargs: dict[str, t.Any],
     ) -> TaskResult[R]:
         state = self._extension._get_state(app)
-        if state.active_pid != os.getpid():
-            state.enter_process()
+        if state.active_pid != os.getpid() and not state.enter_process():
+            return _not_run_in_watcher(self.name)
         if args or kwargs:
             check_arguments(self.name, args, kwargs)
         durable = state.is_durable(self)
@@ -303,6 +304,47 @@ class Task(t.Generic[P, R]):
         return f"<Task {self.name!r} pool={self.pool!r}>"
 
 
+def _async_function(fn: object) -> t.Callable[..., t.Any] | None:
+    """The ``async def`` function (or async generator function) that calling
+    ``fn`` runs, or ``None``.
+
+    It looks through :class:`functools.partial`, decorators that set
+    ``__wrapped__`` (:func:`functools.wraps`) and the ``__call__`` of a
+    callable object, at every layer: an ``async def`` anywhere in the chain
+    makes a coroutine that a thread would never await.
+    """
+    # Each round steps into a partial or a __call__; real chains are short,
+    # and the limit ends a pathological one.
+    for _ in range(20):
+        while isinstance(fn, functools.partial):
+            fn = fn.func
+        try:
+            fn = inspect.unwrap(fn, stop=_makes_async)  # type: ignore[arg-type]
+        except ValueError:  # a __wrapped__ cycle: nothing to learn from it
+            return None
+        if _makes_async(fn):
+            return t.cast("t.Callable[..., t.Any]", fn)
+        if isinstance(fn, type) or inspect.isroutine(fn) or not callable(fn):
+            return None  # calling a class makes an instance; a plain routine
+        if not isinstance(fn, functools.partial):  # found behind __wrapped__
+            fn = type(fn).__call__
+    return None
+
+
+def _makes_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _async_what(fn: object, found: object) -> str:
+    """Say what is async, for any callable: a partial has no __qualname__."""
+    inner = getattr(found, "__qualname__", None) or type(found).__qualname__
+    outer = getattr(fn, "__qualname__", None)
+    if outer == inner:
+        return f"{inner!r} is an 'async def' function"
+    what = repr(outer) if isinstance(outer, str) else f"A {type(fn).__qualname__} object"
+    return f"{what} runs the 'async def' function {inner!r}"
+
+
 def _retry_policy(
     name: str,
     retries: object,
@@ -345,6 +387,42 @@ def _check_json(name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any]) ->
                 " stored with its arguments as JSON: pass str, int, float, bool,"
                 " None, or lists and dicts of them (an id rather than an object)."
             )
+
+
+def _next_result(
+    pending: collections.deque[TaskResult[R]],
+    deadline: float | None,
+    submit_next: t.Callable[[int], None] | None,
+) -> R:
+    """Wait for the oldest pending task's value, then top up the buffer."""
+    result = pending.popleft()
+    try:
+        value = result.result(None if deadline is None else deadline - time.monotonic())
+    except BaseException:
+        result.cancel()  # a timeout: like the tasks still pending, it is not wanted
+        raise
+    if submit_next is not None:
+        submit_next(1)
+    return value
+
+
+def _not_run_in_watcher(name: str) -> TaskResult[t.Any]:
+    # A result that is already cancelled, known to no store and no pool: the
+    # caller gets a result as anywhere else, and the task runs once, in the
+    # process that serves.
+    result: TaskResult[t.Any] = TaskResult(name, _never_run)
+    result.cancel()
+    logger.info(
+        "Task %r was not run in the watcher process of the reloader (pid %d);"
+        " the process that serves loads the app again and runs it there.",
+        name,
+        os.getpid(),
+    )
+    return result
+
+
+def _never_run(result: TaskResult[t.Any]) -> None:  # pragma: no cover - never runs
+    raise AssertionError("A task submitted in the reloader's watcher ran.")
 
 
 def _cancel_all(results: t.Iterable[TaskResult[t.Any]]) -> None:

@@ -31,6 +31,30 @@ class Watchdog(ProcessLocal):
         self._heap: list[tuple[float, int, TaskResult[t.Any]]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        # Between _before_fork() and _after_fork_in_parent().
+        self._forking = False
+
+    def _before_fork(self) -> None:
+        # The thread stops, busy or not, so that a process that forks keeps
+        # no idle thread; it starts again after the fork if tasks are watched.
+        with self._lock:
+            self._forking = True
+            thread = self._thread
+            self._changed.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _after_fork_in_parent(self) -> None:
+        with self._lock:
+            self._forking = False
+            if self._heap:
+                self._start()
+
+    def _start(self) -> None:
+        # Called under _lock.
+        if self._thread is None and not self._forking:
+            self._thread = threading.Thread(target=self._run, name="bgtasks-timeouts", daemon=True)
+            self._thread.start()
 
     def watch(self, result: TaskResult[t.Any], seconds: float) -> None:
         """End ``result`` if it is still running ``seconds`` from now."""
@@ -38,10 +62,7 @@ class Watchdog(ProcessLocal):
         with self._lock:
             heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), result))
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="bgtasks-timeouts", daemon=True
-                )
-                self._thread.start()
+                self._start()
             else:
                 self._changed.notify()
         # Future's own method: bookkeeping that needs no app context. A task
@@ -55,6 +76,9 @@ class Watchdog(ProcessLocal):
     def _run(self) -> None:
         while True:
             with self._lock:
+                if self._forking:
+                    self._thread = None
+                    return
                 # Finished tasks need no watching: drop them.
                 self._heap = [entry for entry in self._heap if not entry[2].done()]
                 heapq.heapify(self._heap)

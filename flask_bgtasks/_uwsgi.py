@@ -1,23 +1,35 @@
-"""Refuse, at startup, a uWSGI configuration in which tasks would hang or be lost.
+"""Refuse, at startup, a uWSGI configuration in which tasks would hang or be
+lost, and warn about one that would lose them on a stop without a word.
 
 Inside uWSGI the embedded ``uwsgi`` module describes the running server:
 ``has_threads``, ``worker_id()`` (0 in the process that loads the app before
 forking), ``masterpid()`` (0 without a master) and ``opt``, the options as
-given, flags as ``True`` and values as bytes (a list when repeated). The
-facts are read rather than the option names where uWSGI offers them, so an
+given, flags as ``True`` and values as bytes (pyuwsgi 2.0.30 keeps only the
+last value of a repeated option; a list is read too, as other builds may
+give one). The facts are read rather than the option names where uWSGI offers them, so an
 ini file, an environment variable or an alias such as ``lazy`` counts too.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import types
 
 from ._errors import UsageError
 
+logger = logging.getLogger("flask_bgtasks")
+
 # uWSGI reads these values of a flag as "off" (uwsgi_opt_true); any other
 # value, and a flag given without one, is "on".
 _OFF = frozenset({"0", "false", "no", "off"})
+
+#: The master hook that turns SIGTERM into a graceful stop of every worker.
+_SIGTERM_HOOK = "unix_signal:15 gracefully_kill_them_all"
+
+# Set once the warning about lost tasks was logged (or not needed), so that
+# several apps in one process log it once.
+_checked_stop = False
 
 
 def check_uwsgi(shutdown_timeout: float) -> None:
@@ -92,6 +104,73 @@ def check_uwsgi(shutdown_timeout: float) -> None:
 
     if problems:
         raise UsageError("Flask-BGTasks cannot run tasks reliably here: " + " ".join(problems))
+    _warn_if_stop_loses_tasks(uwsgi)
+
+
+def _warn_if_stop_loses_tasks(uwsgi: types.ModuleType) -> None:
+    """Log, once per server, that a SIGTERM would lose the tasks of a worker
+    that is handling a request, unless the master stops workers gracefully.
+
+    uWSGI ends a worker that is in the middle of a request at once, without
+    Python's exit handlers, on SIGTERM with --die-on-term, on SIGINT, and on
+    any SIGTERM without a master: its queued and running tasks vanish without
+    a log line. Without --die-on-term, uWSGI 2.0 takes SIGTERM as a reload
+    that does the same. The master hook makes SIGTERM wait for the requests
+    and then stop each worker the normal way, which drains. (An idle worker
+    drains in every case.)
+    """
+    global _checked_stop
+    if _checked_stop:
+        return
+    _checked_stop = True
+    # Every worker has the same options: the process that loads the app
+    # first (the master, or the first worker with lazy-apps) speaks for all.
+    if uwsgi.worker_id() > 1:
+        return
+    has_master = uwsgi.masterpid() != 0
+    if has_master and _has_sigterm_hook(uwsgi):
+        return
+    hook = f'--hook-master-start "{_SIGTERM_HOOK}"'
+    if not has_master:
+        cause = (
+            "uWSGI runs without a master, so SIGTERM ends a worker that is"
+            " handling a request at once"
+        )
+        fix = f"Start uWSGI with --master and {hook}"
+    elif _flag(uwsgi, "die-on-term"):
+        cause = "On SIGTERM, uWSGI ends a worker that is handling a request at once"
+        fix = f"Add {hook}"
+    else:
+        cause = (
+            "Without --die-on-term, uWSGI 2.0 takes SIGTERM as a reload, which"
+            " ends a worker that is handling a request at once"
+        )
+        fix = f"Add {hook}"
+    logger.warning(
+        "%s, without Python's exit handlers: its queued and running background"
+        " tasks are lost without a log line. %s, so that SIGTERM lets the"
+        " requests finish and the workers then drain their tasks within"
+        " BGTASKS_SHUTDOWN_TIMEOUT. If it is set already, make it the last"
+        " --hook-master-start, the only one this check can see.",
+        cause,
+        fix,
+    )
+
+
+def _has_sigterm_hook(uwsgi: types.ModuleType) -> bool:
+    """Whether ``--hook-master-start`` has the graceful SIGTERM hook.
+
+    uWSGI 2.0.30 shows only the last value of a repeated option in
+    ``uwsgi.opt``; where it gives a list, every value counts.
+    """
+    value = getattr(uwsgi, "opt", {}).get("hook-master-start")
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if isinstance(item, str) and " ".join(item.split()) == _SIGTERM_HOOK:
+            return True
+    return False
 
 
 def _uwsgi_module() -> types.ModuleType | None:

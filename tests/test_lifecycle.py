@@ -17,6 +17,7 @@ from flask import Flask, current_app
 from flask_bgtasks import (
     BGTasks,
     InvalidTaskError,
+    QueueFull,
     ShutdownError,
     ShutdownSummary,
     TaskCancelled,
@@ -26,20 +27,46 @@ from flask_bgtasks import (
     current_task,
 )
 
+from .servers import wait_for
+
 
 def test_shutdown_drains_and_reports(
     make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
 ) -> None:
-    app = make_app(BGTASKS_MAX_WORKERS=1)
+    # A full queue, so that a submit only tells whether the pool is closed.
+    app = make_app(BGTASKS_MAX_WORKERS=1, BGTASKS_QUEUE_SIZE=3)
     with app.app_context():
         running = bg.submit(gate)
         gate.wait_entered()
         queued = [bg.submit(int, str(n)) for n in range(3)]
-    gate.open()
-    summary = bg.shutdown(timeout=10)
+    # The gate opens once the shutdown has closed the pool, and so has seen
+    # the four tasks unfinished; opened before, they could all be done by
+    # the time it looks, and it would report fewer.
+    summaries: list[ShutdownSummary] = []
+    thread = threading.Thread(target=lambda: summaries.append(bg.shutdown(timeout=30)))
+    thread.start()
+    try:
+        wait_for(lambda: pool_closed(app, bg), 10, "the shutdown to close the pool")
+    finally:
+        gate.open()
+        thread.join(30)
+    [summary] = summaries
     assert summary == ShutdownSummary(finished=4)
     assert running.status is TaskStatus.SUCCEEDED
     assert [result.result(0) for result in queued] == [0, 1, 2]
+
+
+def pool_closed(app: Flask, bg: BGTasks) -> bool:
+    """Whether a submit is refused because of the shutdown; only for a pool
+    whose queue is full, where a submit never adds a task."""
+    with app.app_context():
+        try:
+            bg.submit(int)
+        except QueueFull:
+            return False
+        except ShutdownError:
+            return True
+    raise AssertionError("The pool accepted a task: its queue was not full.")
 
 
 def test_shutdown_deadline_cancels_queued_and_interrupts_running(
@@ -76,18 +103,23 @@ def test_no_queued_task_starts_after_the_deadline(
 ) -> None:
     app = make_app(BGTASKS_MAX_WORKERS=2)
     started: list[str] = []
+    running = threading.Semaphore(0)
 
     @bg.task
     def until_stopped() -> None:
         # Returns the moment it is asked to stop, freeing its worker while
         # the deadline is being handled: no queued task may start then.
         started.append(current_task.id)
+        running.release()
         tick = threading.Event()
         while not current_task.cancel_requested:
             tick.wait(0.001)
 
     with app.app_context():
         results = [until_stopped.submit() for _ in range(30)]
+    # Both workers busy before the deadline starts to run, however slowly
+    # the second thread starts.
+    assert running.acquire(timeout=10) and running.acquire(timeout=10)
     summary = bg.shutdown(timeout=0.1)
     assert len(started) == 2
     assert sorted(summary.interrupted) == sorted(started)
@@ -128,13 +160,29 @@ def test_shutdown_from_another_thread_without_waiting(
 def test_shutdown_cancel_pending(make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any) -> None:
     app = make_app(BGTASKS_MAX_WORKERS=1)
     with app.app_context():
-        bg.submit(gate)
+        running = bg.submit(gate)
         gate.wait_entered()
         queued = [bg.submit(int) for _ in range(3)]
-    gate.open()
-    summary = bg.shutdown(cancel_pending=True, timeout=5)
+    # The shutdown waits for the running task, so it runs in another thread;
+    # the gate opens only once it has cancelled the queue. Opened earlier,
+    # the worker could start a queued task before the shutdown cancels it.
+    summaries: list[ShutdownSummary] = []
+    thread = threading.Thread(
+        target=lambda: summaries.append(bg.shutdown(cancel_pending=True, timeout=30))
+    )
+    thread.start()
+    try:
+        for result in queued:
+            with pytest.raises(TaskCancelled):
+                result.result(10)  # returns as soon as it is cancelled
+        assert not running.done()
+    finally:
+        gate.open()
+        thread.join(30)
+    [summary] = summaries
     assert sorted(summary.cancelled) == sorted(result.id for result in queued)
     assert summary.finished == 1
+    assert running.status is TaskStatus.SUCCEEDED
 
 
 def test_shutdown_inside_a_task_raises(app: Flask, bg: BGTasks) -> None:
@@ -231,6 +279,7 @@ bg = BGTasks(app)
 idle_app = Flask("idle_app")  # registered, but never given a task
 bg.init_app(idle_app)
 started = threading.Barrier(3)
+queue_cancelled = threading.Event()
 
 @bg.task
 def stuck():
@@ -240,6 +289,10 @@ def stuck():
 @bg.task
 def short():
     started.wait()
+    if os.environ["QUEUED"] == "cancel":
+        # Ending before the drain has cancelled the queue would free this
+        # worker to start a queued task first, whenever the main thread is slow.
+        queue_cancelled.wait(20)
     print("short done", flush=True)
 
 @bg.task
@@ -252,7 +305,17 @@ def hook():
     print("hook ran in", current_app.name, flush=True)
 
 with app.app_context():
-    ids = [stuck.submit().id, short.submit().id] + [queued.submit(n).id for n in range(3)]
+    results = [stuck.submit(), short.submit()] + [queued.submit(n) for n in range(3)]
+ids = [result.id for result in results]
+ended = []
+
+def count(result):
+    ended.append(result.id)
+    if len(ended) == 3:
+        queue_cancelled.set()
+
+for result in results[2:]:
+    result.add_done_callback(count)
 print("ids", *ids, flush=True)
 started.wait()
 if os.environ.get("SIGTERM") == "1":
@@ -281,9 +344,9 @@ def run_exit_script(tmp_path: Path, **env: str) -> tuple[int, str, float]:
 
 @pytest.mark.parametrize("queued_policy", ["run", "cancel"])
 def test_interpreter_exit_drains_within_the_deadline(tmp_path: Path, queued_policy: str) -> None:
-    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="1", QUEUED=queued_policy)
+    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="2", QUEUED=queued_policy)
     assert code == 0, output
-    assert elapsed < 8, output  # the stuck task never holds the process
+    assert elapsed < 12, output  # the stuck task never holds the process
     ids = next(line.split()[1:] for line in output.splitlines() if line.startswith("ids"))
     stuck_id = ids[0]
     assert "short done" in output
@@ -300,11 +363,11 @@ def test_interpreter_exit_drains_within_the_deadline(tmp_path: Path, queued_poli
 
 
 def test_sigterm_helper_chains_and_drains(tmp_path: Path) -> None:
-    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="1", QUEUED="run", SIGTERM="1")
+    code, output, elapsed = run_exit_script(tmp_path, DEADLINE="2", QUEUED="run", SIGTERM="1")
     assert code == 0, output
     assert "previous handler" in output
     assert "not reached" not in output
     assert output.count("queued done") == 3
     assert "was still running at the shutdown deadline" in output
-    assert elapsed < 8, output
+    assert elapsed < 12, output
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the tests' own is untouched

@@ -66,6 +66,30 @@ def test_reloader_watcher_never_starts_a_pool(tmp_path: Path) -> None:
     assert {pid for _, _, pid in read_log(log)} == {child}
 
 
+def test_task_submitted_at_load_runs_once_in_the_serving_process(tmp_path: Path) -> None:
+    """The watcher loads the app too, so a task submitted as the app loads
+    is submitted there as well: it runs nothing and starts no thread there,
+    and the task runs once, in the child that serves."""
+    from tests.server_apps.forkapp import read_load_log
+
+    log = tmp_path / "load.log"
+    command = [
+        *(str(BIN / "flask"), "--app", "forkapp:create_app", "run", "--debug"),
+        *("--host", "127.0.0.1", "--port", "{port}"),
+    ]
+    with Server(command, APPS, {"LOAD_LOG": str(log)}) as server:
+        server.wait_ready("/run")
+        watcher = server.process.pid
+        status, body, _ = server.request("/run")
+        assert status == 200 and body["ran_in"] == body["pid"] != watcher
+        child = body["pid"]
+        wait_for(lambda: read_load_log(log), 10, "the task submitted at load to run")
+        # The watcher submitted before it started the child, which has
+        # served since: a pool thread of the watcher would be there by now.
+        assert thread_count(watcher) == 1
+    assert read_load_log(log) == [(child, "true")]
+
+
 def test_source_change_restarts_after_the_deadline(tmp_path: Path) -> None:
     """A reload during a 30 s task waits for the shutdown deadline, not
     for the task: the task is interrupted and a new child serves soon after."""

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -29,9 +30,17 @@ SHUTDOWN_TIMEOUT = 2.0
 #: How late after the deadline uWSGI may exit: its master looks at its dying
 #: workers once a second.
 SLACK = 3.0
-#: The configuration to recommend: each worker loads the app, and
-#: SIGTERM stops uWSGI 2.0 instead of reloading it.
-WORKING = ["--master", "--processes", "2", "--lazy-apps", "--enable-threads", "--die-on-term"]
+#: The master hook that makes SIGTERM let requests finish before the
+#: workers stop, so that no worker is ended without its exit handlers.
+SIGTERM_HOOK = ["--hook-master-start", "unix_signal:15 gracefully_kill_them_all"]
+#: The configuration to recommend: each worker loads the app, SIGTERM stops
+#: uWSGI 2.0 instead of reloading it, and stops it gracefully.
+WORKING = [
+    "--master", "--processes", "2", "--lazy-apps", "--enable-threads", "--die-on-term",
+    *SIGTERM_HOOK,
+]
+#: The warning of a configuration in which SIGTERM loses tasks.
+LOSES_TASKS = "background tasks are lost without a log line"
 #: The message names these options.
 REMEDIES = ("--lazy-apps", "--py-call-uwsgi-fork-hooks")
 
@@ -56,10 +65,45 @@ with app.app_context():
 '''
 
 
+#: A request that holds its worker, and tasks that can only finish after
+#: it: both wait for the file named by RELEASE, which the test creates once
+#: uWSGI has begun to stop.
+BUSY_REQUEST_APP = '''
+import os
+import threading
+from pathlib import Path
+
+from taskapp import bg, create_app, record
+
+app = create_app()
+
+
+def released():
+    pause = threading.Event()
+    while not Path(os.environ["RELEASE"]).exists():
+        pause.wait(0.05)
+
+
+@bg.task
+def after_release():
+    record("started")
+    released()
+    record("done")
+
+
+@app.post("/busy")
+def busy():
+    ids = [after_release.submit().id for _ in range(2)]
+    released()
+    return {"ids": ids, "pid": os.getpid()}
+'''
+
+
 def start(tmp_path: Path, *options: str, cwd: Path = APP_DIR, module: str = "wsgi:app") -> Server:
     """Start uWSGI serving ``module`` with a task log in ``tmp_path``."""
     env = {
         "TASK_LOG": str(tmp_path / "tasks.log"),
+        "RELEASE": str(tmp_path / "release"),
         "FLASK_BGTASKS_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
         "FLASK_BGTASKS_MAX_WORKERS": "2",
     }
@@ -136,6 +180,73 @@ def test_tasks_run_in_the_workers(tmp_path: Path) -> None:
     assert ran_in == submitted  # each in the worker that accepted it
     assert set(ran_in.values()) <= worker_pids
     assert server.process.pid not in worker_pids
+    assert LOSES_TASKS not in server.output
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (["--die-on-term"], []),
+        ([], ["--die-on-term"]),  # SIGTERM reloads uWSGI 2.0
+        (SIGTERM_HOOK, None),  # the hook alone stops gracefully
+    ],
+    ids=["die-on-term", "neither", "hook"],
+)
+def test_warns_once_when_sigterm_would_lose_tasks(
+    tmp_path: Path, options: list[str], names: list[str] | None
+) -> None:
+    """Without the master hook, SIGTERM ends a worker that is handling a
+    request without its exit handlers. Both workers load the app; the
+    warning, which names the hook, comes once."""
+    stats = free_port()
+    base = ["--master", "--processes", "2", "--lazy-apps", "--need-app"]
+    with start(tmp_path, *base, *options, "--stats", f"127.0.0.1:{stats}") as server:
+        server.wait_ready("/pid")
+        wait_for(lambda: all_idle(stats), 10, "both workers to load the app")
+    if names is None:
+        assert LOSES_TASKS not in server.output
+        return
+    assert server.output.count(LOSES_TASKS) == 1, server.output
+    assert 'Add --hook-master-start "unix_signal:15 gracefully_kill_them_all"' in server.output
+    for name in names:
+        assert name in server.output
+
+
+def test_sigterm_hook_drains_a_worker_in_the_middle_of_a_request(tmp_path: Path) -> None:
+    """With the hook, SIGTERM lets the request finish, and the worker then
+    drains its tasks. (With --die-on-term alone, uWSGI ends the worker at
+    once and the tasks are lost: the warning above.)"""
+    (tmp_path / "busyapp.py").write_text(BUSY_REQUEST_APP)
+    stats = free_port()
+    options = [*WORKING, "--need-app", "--pythonpath", str(APP_DIR)]
+    options += ["--stats", f"127.0.0.1:{stats}"]
+    log = tmp_path / "tasks.log"
+    with start(tmp_path, *options, cwd=tmp_path, module="busyapp:app") as server:
+        server.wait_ready("/pid")
+        # A worker still loading the app when the graceful stop comes keeps
+        # uWSGI from exiting until worker-reload-mercy.
+        wait_for(lambda: all_idle(stats), 10, "both workers to load the app")
+        responses: list[t.Any] = []
+
+        def busy() -> None:
+            try:
+                responses.append(server.request("/busy", "POST", 60)[:2])
+            except OSError as exc:  # the worker was ended in the request
+                responses.append(exc)
+
+        request = threading.Thread(target=busy)
+        request.start()
+        try:
+            wait_for(lambda: len(read_log(log)) == 2, 10, "both tasks to start")
+            server.signal(signal.SIGTERM)
+            server.wait_output("Gracefully killing worker", 10)
+        finally:
+            (tmp_path / "release").touch()
+            request.join(60)
+        assert server.wait_exit(SHUTDOWN_TIMEOUT + SLACK + 5) == 0
+    [(status, body)] = responses
+    assert status == 200
+    assert sorted(i for e, i, _ in read_log(log) if e == "done") == sorted(body["ids"])
 
 
 def test_fork_hooks_keep_workers_alive_after_a_task_in_the_master(tmp_path: Path) -> None:

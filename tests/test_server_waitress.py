@@ -27,6 +27,8 @@ APPS = Path(__file__).parent / "server_apps"
 
 QUEUED_CANCELLED = re.compile(r"\(id (\S+)\) was still queued at the shutdown deadline and was cancelled")
 INTERRUPTED = re.compile(r"\(id (\S+)\) was still running at the shutdown deadline and was interrupted")
+#: The start of the warning that SIGTERM would lose the tasks.
+NO_HANDLER = "Waitress has no graceful SIGTERM, and this process has no handler for it"
 SUMMARY = re.compile(
     r"Background tasks at exit: (\d+) finished, (\d+) cancelled while queued,"
     r" (\d+) interrupted at the deadline\."
@@ -66,7 +68,9 @@ def test_sigterm_with_helper_runs_queued_and_running_tasks(tmp_path: Path) -> No
         FLASK_BGTASKS_SHUTDOWN_TIMEOUT=str(deadline),
     ) as server:
         server.wait_ready("/pid")
-        ids = server.submit_tasks(seconds=0.5, count=6)[0]
+        # 3 s of work on two workers: tasks are still queued at the signal
+        # even if this process is slow to send it.
+        ids = server.submit_tasks(seconds=1.0, count=6)[0]
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         started_at_signal = ids_with(log, "started")
         start = time.monotonic()
@@ -80,6 +84,7 @@ def test_sigterm_with_helper_runs_queued_and_running_tasks(tmp_path: Path) -> No
     assert {pid for _, _, pid in read_log(log)} == {server.process.pid}
     assert elapsed < deadline
     assert "Background tasks at exit" not in server.output
+    assert NO_HANDLER not in server.output
 
 
 def test_sigterm_with_helper_interrupts_a_hanging_task_at_the_deadline(tmp_path: Path) -> None:
@@ -117,11 +122,14 @@ def test_sigterm_with_helper_interrupts_a_hanging_task_at_the_deadline(tmp_path:
 def test_sigterm_without_helper_kills_at_once(tmp_path: Path) -> None:
     """Python's default SIGTERM ends the process without running atexit
     handlers, and Waitress installs none: the tasks are lost. This is why
-    install_sigterm_handler() exists."""
+    install_sigterm_handler() exists, and the first request warns, once,
+    that it is missing."""
     log = tmp_path / "tasks.log"
     with waitress(log, FLASK_BGTASKS_MAX_WORKERS="2") as server:
         server.wait_ready("/pid")
         server.submit_tasks(seconds=5, count=3)[0]
+        for _ in range(3):
+            assert server.request("/pid")[0] == 200
         wait_for(lambda: len(ids_with(log, "started")) >= 2, 10, "two tasks to start")
         start = time.monotonic()
         server.signal(signal.SIGTERM)
@@ -132,6 +140,8 @@ def test_sigterm_without_helper_kills_at_once(tmp_path: Path) -> None:
     assert elapsed < 2
     assert ids_with(log, "done") == []
     assert "Background tasks at exit" not in server.output
+    assert server.output.count(NO_HANDLER) == 1, server.output
+    assert "Call flask_bgtasks.install_sigterm_handler() in the app factory" in server.output
 
 
 def test_sigint_cancels_the_queue_at_the_deadline(tmp_path: Path) -> None:

@@ -4,16 +4,19 @@ that only exists inside uWSGI. tests/test_server_uwsgi.py runs the real one.
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 import typing as t
 
 import pytest
 
+import flask_bgtasks._uwsgi
 from flask_bgtasks import UsageError
 from flask_bgtasks._uwsgi import check_uwsgi
 
 FORK = "--py-call-uwsgi-fork-hooks"
+HOOK = "unix_signal:15 gracefully_kill_them_all"
 
 
 @pytest.fixture
@@ -27,6 +30,8 @@ def uwsgi(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module.worker_id = lambda: 1  # type: ignore[attr-defined]
     module.masterpid = lambda: 100  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uwsgi", module)
+    # Each test is a fresh process, as far as the once-only warning goes.
+    monkeypatch.setattr(flask_bgtasks._uwsgi, "_checked_stop", False)
     return module
 
 
@@ -132,3 +137,73 @@ def test_worker_reload_mercy_must_outlast_the_drain(
             check_uwsgi(timeout)
     else:
         check_uwsgi(timeout)
+
+
+def stop_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "flask_bgtasks" and r.levelno == logging.WARNING
+    ]
+
+
+@pytest.mark.parametrize(
+    ("opt", "master", "expected"),
+    [
+        ({"die-on-term": True}, True, "Add --hook-master-start"),
+        ({}, True, "Without --die-on-term, uWSGI 2.0 takes SIGTERM as a reload"),
+        ({"hook-master-start": HOOK.encode()}, False, "Start uWSGI with --master and"),
+    ],
+    ids=["die-on-term", "neither", "no-master"],
+)
+def test_warns_once_when_sigterm_would_lose_tasks(
+    uwsgi: types.ModuleType,
+    caplog: pytest.LogCaptureFixture,
+    opt: dict[str, t.Any],
+    master: bool,
+    expected: str,
+) -> None:
+    uwsgi.opt.update(opt)
+    if not master:
+        uwsgi.masterpid = lambda: 0  # type: ignore[attr-defined]
+        uwsgi.numproc = 1  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        check_uwsgi(20)
+        check_uwsgi(20)  # a second app in the same process
+    [message] = stop_warnings(caplog)
+    assert expected in message
+    assert "tasks are lost without a log line" in message
+    assert f'--hook-master-start "{HOOK}"' in message
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [HOOK.encode(), b"unix_signal:15   gracefully_kill_them_all", [b"x", HOOK.encode()]],
+    ids=["bytes", "spaces", "list"],
+)
+def test_no_warning_with_the_sigterm_hook(
+    uwsgi: types.ModuleType, caplog: pytest.LogCaptureFixture, hook: object
+) -> None:
+    uwsgi.opt["hook-master-start"] = hook
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        check_uwsgi(20)
+    assert stop_warnings(caplog) == []
+
+
+def test_other_hooks_do_not_count(
+    uwsgi: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    uwsgi.opt["hook-master-start"] = b"unix_signal:2 kill_them_all"
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        check_uwsgi(20)
+    assert len(stop_warnings(caplog)) == 1
+
+
+def test_only_the_first_worker_warns(
+    uwsgi: types.ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With lazy-apps every worker loads the app; one line is enough."""
+    uwsgi.worker_id = lambda: 2  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        check_uwsgi(20)
+    assert stop_warnings(caplog) == []

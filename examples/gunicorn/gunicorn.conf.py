@@ -6,6 +6,8 @@ Options given on the command line win over this file, so
 ``-b 127.0.0.1:9000`` serves on another port.
 """
 
+from flask_bgtasks import quick_stop
+
 bind = "127.0.0.1:8000"
 
 # Two processes with four request threads each. Every worker process has its
@@ -32,3 +34,13 @@ threads = 4
 graceful_timeout = 30
 timeout = 30
 raw_env = ["FLASK_BGTASKS_SHUTDOWN_TIMEOUT=20"]
+
+
+# Ctrl-C (SIGINT) or SIGQUIT is Gunicorn's quick shutdown: it calls this hook
+# in each worker, and then exits it. Without the hook, the worker would still
+# drain its tasks for up to BGTASKS_SHUTDOWN_TIMEOUT. With it, the queued
+# tasks are cancelled (durable ones go back to the store for the next
+# server), the running ones are ended, each is logged with its id, and the
+# whole server is gone within a few seconds.
+def worker_int(worker):
+    quick_stop()

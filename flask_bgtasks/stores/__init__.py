@@ -25,6 +25,9 @@ if t.TYPE_CHECKING:
     from .._record import StoredResult, TaskRecord
     from .._result import TaskResult, TaskStatus
 
+#: The default of ``BGTASKS_MAX_PAYLOAD_BYTES``: 1 MiB.
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
 #: Called by a shared store with the record of a durable task that it took
 #: over from a process that died. Returns ``False`` if the task can't be
 #: queued here now; the store then leaves it for later or for another process.
@@ -58,7 +61,11 @@ class TaskStore(abc.ABC):
     def add(
         self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
     ) -> None:
-        """A task was submitted. A shared store records it now."""
+        """A task was submitted. A shared store records it now.
+
+        :raises PayloadTooLarge: If the store can't keep the arguments;
+            then it wrote nothing, and the task is not queued.
+        """
 
     def discard(self, result: TaskResult[t.Any]) -> None:
         """Undo :meth:`add`: the task was refused (its queue was full)."""
@@ -77,6 +84,18 @@ class TaskStore(abc.ABC):
 
     def changed(self, result: TaskResult[t.Any]) -> None:
         """The task's progress, cancel request or errors changed."""
+
+    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+        """The task returned ``value``: the error to fail it with if this
+        store can't keep the value, or ``None`` if it can. Called in the
+        task's thread before the outcome is published, so :meth:`finished`
+        follows in the same thread. The memory store keeps any value.
+
+        The SQLite store refuses a value that is not JSON from a durable
+        task (:class:`~flask_bgtasks.InvalidTaskError`), and a value over
+        ``BGTASKS_MAX_PAYLOAD_BYTES`` (``PayloadTooLarge``).
+        """
+        return None
 
     def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
         """The task's outcome was published (``value`` is what a succeeded

@@ -24,6 +24,11 @@ class MemoryStore(TaskStore, ProcessLocal):
     tasks are always kept. Finished ones are kept for ``ttl`` seconds after
     they finish, and at most ``max_results`` of them: past that the oldest
     is dropped first. So memory stays bounded however many tasks run.
+
+    The limits hold whenever someone can look: a task's end is counted
+    before anyone waiting for it wakes, and lookups and ``len()`` drop
+    what expired first. Values are kept as the live objects the tasks
+    returned, so ``BGTASKS_MAX_PAYLOAD_BYTES`` does not apply here.
     """
 
     def __init__(self, ttl: float | None, max_results: int) -> None:
@@ -36,19 +41,34 @@ class MemoryStore(TaskStore, ProcessLocal):
         self._records: dict[str, TaskResult[t.Any]] = {}
         # id -> monotonic finish time, oldest first.
         self._finished: OrderedDict[str, float] = OrderedDict()
+        # The recorded tasks that have not finished, to find a task's id
+        # when it finishes.
+        self._unfinished: dict[Future[t.Any], str] = {}
 
     def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
         self._check_process()
         with self._lock:
             self._records[task_id] = result
+            self._unfinished[result] = task_id
         # Future's own method: this bookkeeping needs no app context, and it
-        # runs at once if the task is already done.
-        Future.add_done_callback(result, lambda _: self._on_finished(task_id))
+        # runs at once if the task is already done. It counts the end of a
+        # task that finished() missed: one whose id was first read as it
+        # ended, or that has no owner to call finished().
+        Future.add_done_callback(result, self._on_finished)
 
-    def _on_finished(self, task_id: str) -> None:
+    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
+        # Called before those waiting for the task wake: when they look,
+        # the limits already count it.
+        if result in self._unfinished:  # a quick miss for tasks never recorded
+            self._on_finished(result)
+
+    def _on_finished(self, result: Future[t.Any]) -> None:
         with self._lock:
-            self._finished[task_id] = time.monotonic()
-            self._evict()
+            task_id = self._unfinished.pop(result, None)
+            # Once only: a second call could count a record evicted meanwhile.
+            if task_id is not None:
+                self._finished[task_id] = time.monotonic()
+                self._evict()
 
     def get(self, task_id: str) -> TaskResult[t.Any] | None:
         self._check_process()
@@ -87,7 +107,10 @@ class MemoryStore(TaskStore, ProcessLocal):
         return len(old)
 
     def __len__(self) -> int:
-        return len(self._records)
+        self._check_process()
+        with self._lock:
+            self._evict()
+            return len(self._records)
 
     def _evict(self) -> None:
         finished = self._finished

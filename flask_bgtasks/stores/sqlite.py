@@ -30,12 +30,12 @@ import threading
 import time
 import typing as t
 
-from .._errors import StoreError
+from .._errors import InvalidTaskError, PayloadTooLarge, StoreError
 from .._process import ProcessLocal
 from .._record import StoredResult, TaskRecord, to_json
 from .._result import TaskStatus, as_datetime, short_repr
-from . import Recover, TaskNames, TaskStore
-from ._writer import Statement, Writer
+from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
+from ._writer import Statement, Writer, inherited_connections
 
 if t.TYPE_CHECKING:
     from .._result import TaskResult
@@ -77,6 +77,11 @@ CREATE INDEX IF NOT EXISTS bgtasks_task_submitted ON bgtasks_task (submitted_at)
 _store_numbers = itertools.count()
 _NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
 _NO_VALUE = '{"value":null}'
+# Keeps the newest finished rows, as many as the parameter says.
+_EVICT_OLDEST = (
+    "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
+    " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)"
+)
 
 
 class SQLiteStore(TaskStore, ProcessLocal):
@@ -87,24 +92,45 @@ class SQLiteStore(TaskStore, ProcessLocal):
     :param max_results: Most finished records kept; the oldest go first.
     :param lease: Seconds after which the unfinished tasks of a process
         that stopped renewing them count as lost.
+    :param max_payload_bytes: Most bytes of JSON kept of one task's
+        arguments, of its return value, and of its errors; ``None`` for no
+        limit.
     :raises StoreError: If the file can't be opened, written, or is not a
         healthy SQLite database.
     """
 
     shared = True
 
-    def __init__(self, path: str, ttl: float | None, max_results: int, lease: float) -> None:
+    def __init__(
+        self,
+        path: str,
+        ttl: float | None,
+        max_results: int,
+        lease: float,
+        *,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.path = path
         self.ttl = ttl
         self.max_results = max_results
         self.lease = lease
+        self.max_payload_bytes = max_payload_bytes
         self._number = next(_store_numbers)
         self._check_database()
         ProcessLocal.__init__(self)
 
     def _init_state(self) -> None:
+        # A reset in a child forked from C: see inherited_connections.
+        inherited_connections.extend(self.__dict__.get("_all_readers", ()))
         self._writer = Writer(
-            self._connect, f"bgtasks-store-{self._number}", self.upkeep, self.lease / 3, BUSY_TIMEOUT
+            self._connect,
+            f"bgtasks-store-{self._number}",
+            self.upkeep,
+            self.lease / 3,
+            BUSY_TIMEOUT,
+            # A batch that finished tasks ends by applying BGTASKS_MAX_RESULTS,
+            # in the same transaction: no reader ever sees more finished rows.
+            cleanup=(_EVICT_OLDEST, (self.max_results,)),
         )
         # One reading connection per thread: a shared one would make the
         # threads wait for each other's reads, which WAL lets run at once.
@@ -173,12 +199,15 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._check_process()
         if flush:
             self._writer.flush()
-        reader: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        if reader is None:
-            reader = self._readers.db = self._connect()
-            with self._readers_lock:
-                self._all_readers.append(reader)
-        return reader.execute(sql, params).fetchall()
+        # Not around the flush, which waits for the writer thread to pass
+        # the same gate.
+        with self._writer.gate:
+            reader: sqlite3.Connection | None = getattr(self._readers, "db", None)
+            if reader is None:
+                reader = self._readers.db = self._connect()
+                with self._readers_lock:
+                    self._all_readers.append(reader)
+            return reader.execute(sql, params).fetchall()
 
     # -- the life of a task ---------------------------------------------
 
@@ -191,7 +220,13 @@ class SQLiteStore(TaskStore, ProcessLocal):
     ) -> None:
         arguments = to_json({"args": args, "kwargs": kwargs}) if args or kwargs else _NO_ARGUMENTS
         if arguments is None:
+            # Not JSON: only a repr is kept, cut short, so no limit applies.
             arguments = json.dumps({"repr": short_repr((args, kwargs))})
+        elif self.max_payload_bytes is not None and len(arguments) > self.max_payload_bytes:
+            # Before anything is written, and before the task is queued.
+            raise _arguments_too_large(
+                result.name, args, kwargs, len(arguments), self.max_payload_bytes
+            )
         # A durable task is committed before submit returns, so that it is
         # never lost; other tasks are written behind.
         self._writer.write(
@@ -255,12 +290,28 @@ class SQLiteStore(TaskStore, ProcessLocal):
             (
                 result.status.value,
                 _progress(result),
-                _errors(result),
+                _errors(result, self.max_payload_bytes),
                 int(result._cancel_requested),
                 result.id,
                 self._owner,
             ),
         )
+
+    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+        if value is None:
+            return None
+        outcome = to_json({"value": value})
+        if outcome is None:
+            if result.durable:
+                return _not_json(result, value)
+            # Not JSON: only a repr is kept, cut short, so no limit applies.
+            outcome = to_json({"repr": short_repr(value)})
+        elif self.max_payload_bytes is not None and len(outcome) > self.max_payload_bytes:
+            return _value_too_large(result, value, len(outcome), self.max_payload_bytes)
+        # Handed on to finished(), which comes next in this thread, so that
+        # the value is encoded once.
+        result.__dict__["_stored_outcome"] = outcome
+        return None
 
     def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
         self._live.pop(result.id, None)
@@ -278,12 +329,21 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
                 " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
                 " WHERE id = ? AND owner = ? AND finished_at IS NULL",
-                (_progress(result), _errors(result), result.id, self._owner),
+                (
+                    _progress(result),
+                    _errors(result, self.max_payload_bytes),
+                    result.id,
+                    self._owner,
+                ),
             )
             return
         outcome = None
-        if result.status is TaskStatus.SUCCEEDED:
-            outcome = (
+        # The status being published: the public one follows once the
+        # Future has settled, right after this.
+        status = result._status
+        encoded: str | None = result.__dict__.pop("_stored_outcome", None)
+        if status is TaskStatus.SUCCEEDED:
+            outcome = encoded or (
                 _NO_VALUE
                 if value is None
                 else to_json({"value": value}) or to_json({"repr": short_repr(value)})
@@ -294,10 +354,10 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " started_at = coalesce(started_at, ?), finished_at = ?, lease_until = 0"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
             (
-                result.status.value,
+                status.value,
                 outcome,
                 _progress(result),
-                _errors(result),
+                _errors(result, self.max_payload_bytes),
                 int(result._cancel_requested),
                 result.attempt,
                 result._started,
@@ -306,6 +366,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 self._owner,
             ),
             then=functools.partial(_check_stored, result, self.lease),
+            cleanup=True,
         )
 
     def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
@@ -355,6 +416,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " WHERE id = ? AND finished_at IS NULL RETURNING status",
             (time.time(), task_id),
             wait=True,
+            cleanup=True,
         ).rows
         if rows:
             return bool(rows[0][0] == "cancelled")
@@ -368,7 +430,14 @@ class SQLiteStore(TaskStore, ProcessLocal):
         ).rowcount
 
     def __len__(self) -> int:
-        return int(self._read("SELECT count(*) FROM bgtasks_task")[0][0])
+        # As lookups: a record past BGTASKS_RESULT_TTL is gone, even before
+        # the upkeep deletes its row.
+        rows = self._read(
+            "SELECT count(*) FROM bgtasks_task WHERE finished_at IS NULL OR ? IS NULL"
+            " OR finished_at > ?",
+            (self.ttl, time.time() - (self.ttl or 0)),
+        )
+        return int(rows[0][0])
 
     # -- upkeep ---------------------------------------------------------
 
@@ -476,11 +545,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
     def _evict(self, now: float) -> None:
         if self.ttl is not None:
             self._upkeep_write("DELETE FROM bgtasks_task WHERE finished_at < ?", (now - self.ttl,))
-        self._upkeep_write(
-            "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
-            " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)",
-            (self.max_results,),
-        )
+        self._upkeep_write(_EVICT_OLDEST, (self.max_results,))
 
     def flush(self) -> None:
         self._writer.flush()
@@ -488,11 +553,33 @@ class SQLiteStore(TaskStore, ProcessLocal):
     def close(self) -> None:
         self._check_process()
         self._writer.close()
+        with self._writer.gate:
+            self._close_readers()
+
+    def _close_readers(self) -> None:
         with self._readers_lock:
             readers, self._all_readers = self._all_readers, []
             self._readers = threading.local()
         for reader in readers:
             reader.close()
+
+    # -- forks ------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        # A thread inside SQLite holds its global mutexes, which a child
+        # would copy locked and wait for forever. And SQLite forbids a child
+        # to use, or even close, a connection open at the fork: so the
+        # parent closes them, and opens new ones when it needs them.
+        self._writer.pause()
+        self._writer.gate.close()
+        self._writer.disconnect()
+        self._close_readers()
+
+    def _after_fork_in_parent(self) -> None:
+        self._writer.gate.open()
+        # While tasks of this process are unfinished, their leases need
+        # renewing. Reads and writes of a live dict need no lock.
+        self._writer.resume(needed=lambda: bool(self._live))
 
 
 def _cancelled_as_it_started(result: TaskResult[t.Any]) -> None:
@@ -555,7 +642,77 @@ def _progress(result: TaskResult[t.Any]) -> str | None:
     return None if progress is None else to_json(progress)
 
 
-def _errors(result: TaskResult[t.Any]) -> str:
+def _errors(result: TaskResult[t.Any], limit: int | None) -> str:
     if not result._errors:
         return "[]"
-    return to_json(result.errors) or "[]"  # error_info() makes JSON values
+    errors = result.errors
+    text = to_json(errors) or "[]"  # error_info() makes JSON values
+    if limit is None or len(text) <= limit:
+        return text
+    # Over the limit: drop the text of the largest errors first, keeping
+    # each one's type, attempt and time. The log has them in full.
+    sizes = [len(to_json(error) or "") for error in errors]
+    total = len(text)
+    for index in sorted(range(len(errors)), key=sizes.__getitem__, reverse=True):
+        if total <= limit:
+            break
+        short = {
+            **errors[index],
+            "message": (
+                f"The error's message and traceback were too large for the task"
+                f" store ({sizes[index]} bytes as JSON, over BGTASKS_MAX_PAYLOAD_BYTES,"
+                f" {limit} bytes), so it dropped them. The process that ran the task"
+                " logged them in full."
+            ),
+            "traceback": "",
+        }
+        errors[index] = short
+        total += len(to_json(short) or "") - sizes[index]
+    return to_json(errors) or "[]"
+
+
+def _size_of(value: object) -> int:
+    return len(to_json(value) or json.dumps(short_repr(value)))
+
+
+def _arguments_too_large(
+    name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], size: int, limit: int
+) -> PayloadTooLarge:
+    named = [(f"positional argument {index}", value) for index, value in enumerate(args)]
+    named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    which, largest = max(((which, _size_of(value)) for which, value in named), key=lambda n: n[1])
+    return PayloadTooLarge(
+        f"The arguments of task {name!r} are too large for the task store:"
+        f" {size} bytes as JSON, over BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes);"
+        f" the largest is {which}, {largest} bytes. The task was not stored or"
+        " queued. Pass an id or a file path instead and load the data inside"
+        " the task, or raise BGTASKS_MAX_PAYLOAD_BYTES (None turns the limit off)."
+    )
+
+
+def _value_too_large(
+    result: TaskResult[t.Any], value: object, size: int, limit: int
+) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Task {result.name!r} (id {result.id}) returned a {type(value).__name__}"
+        f" too large for the task store: {size} bytes as JSON, over"
+        f" BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes). The value was dropped and"
+        " the task failed. Return something small, such as an id or the path of"
+        " a file where the task saved the data, or raise BGTASKS_MAX_PAYLOAD_BYTES"
+        " (None turns the limit off)."
+    )
+
+
+def _not_json(result: TaskResult[t.Any], value: object) -> InvalidTaskError:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        reason = f" ({exc})"
+    else:  # pragma: no cover - to_json() and json.dumps() agree
+        reason = ""
+    return InvalidTaskError(
+        f"Durable task {result.name!r} returned {type(value).__name__}"
+        f" {short_repr(value, 80)}, which is not JSON{reason}. A durable"
+        " task's value is stored as JSON: return a str, number,"
+        " bool, None, or a list or dict of them."
+    )

@@ -359,3 +359,33 @@ def test_sigterm_lets_a_running_task_finish(start: t.Callable[..., Example]) -> 
     restarted = start("restarted")
     state = status_of(restarted, task_id)
     assert (state["status"], state["result"], state["attempt"]) == ("succeeded", 5, 1)
+
+
+def test_ctrl_c_stops_quickly(start: t.Callable[..., Example]) -> None:
+    # One task thread per worker and slow steps: one durable task runs for
+    # minutes, the next one waits in the queue.
+    example = start(FLASK_BGTASKS_MAX_WORKERS="1", FLASK_STEP_SECONDS="5")
+    runner = example.workers()[0]
+    with example.only(runner):
+        running = submit(example, 100)
+        queued = submit(example, 2)
+        wait_for(example, running, "running")
+    started = time.monotonic()
+    example.process.send_signal(signal.SIGINT)
+    try:
+        code = example.process.wait(20)  # BGTASKS_SHUTDOWN_TIMEOUT is 20
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"Gunicorn did not exit:\n{example.output}") from None
+    elapsed = time.monotonic() - started
+    output = example.output
+    assert code == 0, output
+    assert elapsed < 3, output  # the worker_int hook made the drain quick
+    line = next(line for line in output.splitlines() if "Stopping quickly: ending 2" in line)
+    assert set(line.partition(" now: ")[2].split(", ")) == {running, queued}, output
+    assert f"(id {running}) was still running at the shutdown deadline" in output
+    assert f"(id {queued}) was queued at shutdown and was left in the store" in output
+    # Both are durable, so both were left for the next server, which runs them.
+    restarted = start("restarted", FLASK_STEP_SECONDS="0.01")
+    for task_id, steps in ((running, 100), (queued, 2)):
+        state = wait_for(restarted, task_id, "succeeded")
+        assert state["result"] == steps

@@ -7,7 +7,6 @@ import typing as t
 
 from flask import Flask
 from flask.testing import FlaskClient
-
 from progress_app import bg
 
 HEADERS = {"X-Requested-With": "fetch"}
