@@ -102,19 +102,27 @@ print("ids", *ids, flush=True)
 """
 
 
+def interrupt_the_drain(process: Server) -> str:
+    """Once the drain of two tasks has begun, send SIGINT; the process must
+    exit cleanly at once, rather than after BGTASKS_SHUTDOWN_TIMEOUT (60 s).
+    Returns its output."""
+    process.wait_output("Draining 2 background tasks at exit, for at most 60 s")
+    started = time.monotonic()
+    process.signal(signal.SIGINT)
+    code = process.wait_exit(20)
+    elapsed = time.monotonic() - started
+    output = process.output
+    assert code == 0, output
+    assert elapsed < 3, output
+    return output
+
+
 def test_a_second_ctrl_c_during_the_drain_stops_at_once(tmp_path: Path) -> None:
     script = tmp_path / "second_ctrl_c.py"
     script.write_text(textwrap.dedent(SECOND_CTRL_C_SCRIPT))
     with Server([sys.executable, str(script)], cwd=tmp_path) as process:
         # The script ends; the drain would wait up to 60 s for the stuck task.
-        process.wait_output("Draining 2 background tasks at exit, for at most 60 s")
-        started = time.monotonic()
-        process.signal(signal.SIGINT)
-        code = process.wait_exit(20)
-        elapsed = time.monotonic() - started
-        output = process.output
-    assert code == 0, output
-    assert elapsed < 3, output
+        output = interrupt_the_drain(process)
     stuck_id, queued_id = next(
         line.split()[1:] for line in output.splitlines() if line.startswith("ids")
     )
@@ -170,14 +178,7 @@ def test_waitress_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
         server.wait_output("Serving on")
         wait_started(log, ids[0])
         server.signal(signal.SIGINT)  # Waitress stops; the drain begins
-        server.wait_output("Draining 2 background tasks at exit")
-        started = time.monotonic()
-        server.signal(signal.SIGINT)
-        code = server.wait_exit(20)
-        elapsed = time.monotonic() - started
-        output = server.output
-    assert code == 0, output
-    assert elapsed < 3, output
+        output = interrupt_the_drain(server)
     assert f"(id {ids[0]}) was still running at the shutdown deadline" in output
     assert f"(id {queued[0]}) was still queued at the shutdown deadline and was cancelled" in output
 

@@ -30,11 +30,12 @@ import threading
 import time
 import typing as t
 
-from .._errors import InvalidTaskError, PayloadTooLarge, StoreError
+from .._errors import StoreError
 from .._process import ProcessLocal
 from .._record import StoredResult, TaskRecord, to_json
 from .._result import TaskStatus, as_datetime, short_repr
 from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
+from ._payload import arguments_too_large, errors_json, not_json, value_too_large
 from ._writer import Statement, Writer, inherited_connections
 
 if t.TYPE_CHECKING:
@@ -224,7 +225,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
             arguments = json.dumps({"repr": short_repr((args, kwargs))})
         elif self.max_payload_bytes is not None and len(arguments) > self.max_payload_bytes:
             # Before anything is written, and before the task is queued.
-            raise _arguments_too_large(
+            raise arguments_too_large(
                 result.name, args, kwargs, len(arguments), self.max_payload_bytes
             )
         # A durable task is committed before submit returns, so that it is
@@ -290,7 +291,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
             (
                 result.status.value,
                 _progress(result),
-                _errors(result, self.max_payload_bytes),
+                errors_json(result, self.max_payload_bytes),
                 int(result._cancel_requested),
                 result.id,
                 self._owner,
@@ -303,11 +304,11 @@ class SQLiteStore(TaskStore, ProcessLocal):
         outcome = to_json({"value": value})
         if outcome is None:
             if result.durable:
-                return _not_json(result, value)
+                return not_json(result, value)
             # Not JSON: only a repr is kept, cut short, so no limit applies.
             outcome = to_json({"repr": short_repr(value)})
         elif self.max_payload_bytes is not None and len(outcome) > self.max_payload_bytes:
-            return _value_too_large(result, value, len(outcome), self.max_payload_bytes)
+            return value_too_large(result, value, len(outcome), self.max_payload_bytes)
         # Handed on to finished(), which comes next in this thread, so that
         # the value is encoded once.
         result.__dict__["_stored_outcome"] = outcome
@@ -331,7 +332,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 " WHERE id = ? AND owner = ? AND finished_at IS NULL",
                 (
                     _progress(result),
-                    _errors(result, self.max_payload_bytes),
+                    errors_json(result, self.max_payload_bytes),
                     result.id,
                     self._owner,
                 ),
@@ -357,7 +358,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 status.value,
                 outcome,
                 _progress(result),
-                _errors(result, self.max_payload_bytes),
+                errors_json(result, self.max_payload_bytes),
                 int(result._cancel_requested),
                 result.attempt,
                 result._started,
@@ -640,79 +641,3 @@ def make_record(row: sqlite3.Row) -> TaskRecord:
 def _progress(result: TaskResult[t.Any]) -> str | None:
     progress = result.progress
     return None if progress is None else to_json(progress)
-
-
-def _errors(result: TaskResult[t.Any], limit: int | None) -> str:
-    if not result._errors:
-        return "[]"
-    errors = result.errors
-    text = to_json(errors) or "[]"  # error_info() makes JSON values
-    if limit is None or len(text) <= limit:
-        return text
-    # Over the limit: drop the text of the largest errors first, keeping
-    # each one's type, attempt and time. The log has them in full.
-    sizes = [len(to_json(error) or "") for error in errors]
-    total = len(text)
-    for index in sorted(range(len(errors)), key=sizes.__getitem__, reverse=True):
-        if total <= limit:
-            break
-        short = {
-            **errors[index],
-            "message": (
-                f"The error's message and traceback were too large for the task"
-                f" store ({sizes[index]} bytes as JSON, over BGTASKS_MAX_PAYLOAD_BYTES,"
-                f" {limit} bytes), so it dropped them. The process that ran the task"
-                " logged them in full."
-            ),
-            "traceback": "",
-        }
-        errors[index] = short
-        total += len(to_json(short) or "") - sizes[index]
-    return to_json(errors) or "[]"
-
-
-def _size_of(value: object) -> int:
-    return len(to_json(value) or json.dumps(short_repr(value)))
-
-
-def _arguments_too_large(
-    name: str, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], size: int, limit: int
-) -> PayloadTooLarge:
-    named = [(f"positional argument {index}", value) for index, value in enumerate(args)]
-    named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
-    which, largest = max(((which, _size_of(value)) for which, value in named), key=lambda n: n[1])
-    return PayloadTooLarge(
-        f"The arguments of task {name!r} are too large for the task store:"
-        f" {size} bytes as JSON, over BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes);"
-        f" the largest is {which}, {largest} bytes. The task was not stored or"
-        " queued. Pass an id or a file path instead and load the data inside"
-        " the task, or raise BGTASKS_MAX_PAYLOAD_BYTES (None turns the limit off)."
-    )
-
-
-def _value_too_large(
-    result: TaskResult[t.Any], value: object, size: int, limit: int
-) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"Task {result.name!r} (id {result.id}) returned a {type(value).__name__}"
-        f" too large for the task store: {size} bytes as JSON, over"
-        f" BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes). The value was dropped and"
-        " the task failed. Return something small, such as an id or the path of"
-        " a file where the task saved the data, or raise BGTASKS_MAX_PAYLOAD_BYTES"
-        " (None turns the limit off)."
-    )
-
-
-def _not_json(result: TaskResult[t.Any], value: object) -> InvalidTaskError:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        reason = f" ({exc})"
-    else:  # pragma: no cover - to_json() and json.dumps() agree
-        reason = ""
-    return InvalidTaskError(
-        f"Durable task {result.name!r} returned {type(value).__name__}"
-        f" {short_repr(value, 80)}, which is not JSON{reason}. A durable"
-        " task's value is stored as JSON: return a str, number,"
-        " bool, None, or a list or dict of them."
-    )
