@@ -14,7 +14,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.servers import BIN, Server
+import pytest
+
+from tests.servers import BIN, Server, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 
@@ -158,34 +160,37 @@ def quickly_ended(output: str) -> set[str]:
     return set(line.partition(" now: ")[2].split(", "))
 
 
-def waitress(log: Path, **env: str) -> Server:
-    return Server(
-        [str(BIN / "waitress-serve"), "--listen", "127.0.0.1:{port}", "--call", "taskapp:create_app"],
-        cwd=APPS,
-        env={"TASK_LOG": str(log), **env},
-    )
+APP = "taskapp:create_app"
+SERVERS = {
+    "waitress": [str(BIN / "waitress-serve"), "--listen", "127.0.0.1:{port}", "--call", APP],
+    "flask run": [str(BIN / "flask"), "--app", APP, "run", "--no-reload", "--port", "{port}"],
+}
 
 
-def test_waitress_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+def test_a_server_stops_at_once_on_a_second_ctrl_c(tmp_path: Path, server_name: str) -> None:
     log = tmp_path / "tasks.log"
-    with waitress(
-        log, FLASK_BGTASKS_MAX_WORKERS="1", FLASK_BGTASKS_SHUTDOWN_TIMEOUT="60"
+    with Server(
+        SERVERS[server_name],
+        cwd=APPS,
+        env={
+            "TASK_LOG": str(log),
+            "FLASK_BGTASKS_MAX_WORKERS": "1",
+            "FLASK_BGTASKS_SHUTDOWN_TIMEOUT": "60",
+        },
     ) as server:
         server.wait_ready("/pid")
         # A task that ignores cancellation, and one queued behind it.
         ids, _ = server.submit_tasks(-1)
         queued, _ = server.submit_tasks(1)
-        server.wait_output("Serving on")
         wait_started(log, ids[0])
-        server.signal(signal.SIGINT)  # Waitress stops; the drain begins
+        server.signal(signal.SIGINT)  # the server stops; the drain begins
         output = interrupt_the_drain(server)
     assert f"(id {ids[0]}) was still running at the shutdown deadline" in output
     assert f"(id {queued[0]}) was still queued at the shutdown deadline and was cancelled" in output
 
 
 def wait_started(log: Path, task_id: str) -> None:
-    from tests.servers import wait_for
-
     def started() -> bool:
         return log.exists() and f"started {task_id} " in log.read_text()
 

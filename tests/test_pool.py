@@ -10,6 +10,8 @@ from werkzeug.exceptions import ServiceUnavailable
 
 from flask_bgtasks import BGTasks, BGTasksError, QueueFull, TaskStatus
 
+from .servers import wait_for
+
 
 def thread_name() -> str:
     return threading.current_thread().name
@@ -175,3 +177,26 @@ def test_forked_child_starts_with_an_empty_pool(
     assert queued.result(5) == os.getpid()
     assert running.result(5) is None
     assert runs == [os.getpid()]  # the parent's task ran once, in the parent
+
+
+def test_an_idle_worker_is_reused_before_a_thread_starts(
+    make_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    app = make_app("reuse", BGTASKS_MAX_WORKERS=4)
+    # The pool's count of idle workers is private: a worker counts itself
+    # idle a moment after the task's result is out, and the test waits for
+    # that moment, which the public API does not show, before each submit.
+    pool = bg._get_state(app).backend.pools["default"]  # type: ignore[attr-defined]
+
+    def idle() -> bool:
+        return bool(pool._idle_workers._value)
+
+    names = set()
+    with app.app_context():
+        for _ in range(5):
+            names.add(bg.submit(thread_name).result(5))
+            wait_for(idle, 10, "the worker to wait for the next task")
+    assert len(names) == 1
+    assert [t.name for t in threading.enumerate() if t.name.startswith("bgtasks-reuse-")] == [
+        names.pop()
+    ]

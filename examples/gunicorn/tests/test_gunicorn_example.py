@@ -361,7 +361,8 @@ def test_sigterm_lets_a_running_task_finish(start: t.Callable[..., Example]) -> 
     assert (state["status"], state["result"], state["attempt"]) == ("succeeded", 5, 1)
 
 
-def test_ctrl_c_stops_quickly(start: t.Callable[..., Example]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["SIGINT", "SIGQUIT"])
+def test_quick_shutdown_stops_quickly(start: t.Callable[..., Example], signum: int) -> None:
     # One task thread per worker and slow steps: one durable task runs for
     # minutes, the next one waits in the queue.
     example = start(FLASK_BGTASKS_MAX_WORKERS="1", FLASK_STEP_SECONDS="5")
@@ -371,7 +372,7 @@ def test_ctrl_c_stops_quickly(start: t.Callable[..., Example]) -> None:
         queued = submit(example, 2)
         wait_for(example, running, "running")
     started = time.monotonic()
-    example.process.send_signal(signal.SIGINT)
+    example.process.send_signal(signum)
     try:
         code = example.process.wait(20)  # BGTASKS_SHUTDOWN_TIMEOUT is 20
     except subprocess.TimeoutExpired:
