@@ -148,20 +148,21 @@ def _instances() -> list[ProcessLocal]:
         return list(_registry)
 
 
-def _before_fork() -> None:
+def _call_hooks(hook: str, failed: str) -> None:
+    # One object's error must not keep the others from their hook.
     for instance in _instances():
         try:
-            instance._before_fork()
+            getattr(instance, hook)()
         except Exception:
-            logger.exception("Preparing %r for a fork failed.", instance)
+            logger.exception(failed, instance)
+
+
+def _before_fork() -> None:
+    _call_hooks("_before_fork", "Preparing %r for a fork failed.")
 
 
 def _after_fork_in_parent() -> None:
-    for instance in _instances():
-        try:
-            instance._after_fork_in_parent()
-        except Exception:
-            logger.exception("Resuming %r after a fork failed.", instance)
+    _call_hooks("_after_fork_in_parent", "Resuming %r after a fork failed.")
 
 
 def _after_fork_in_child() -> None:

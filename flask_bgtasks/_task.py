@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import inspect
 import itertools
 import logging
 import os
@@ -12,6 +11,7 @@ import time
 import typing as t
 
 from . import signals
+from ._callables import async_function, describe_async
 from ._config import DEFAULT_POOL
 from ._context import Captured, capture, check_arguments, get_app, run_task
 from ._errors import InvalidTaskError, UsageError
@@ -69,10 +69,10 @@ class Task(t.Generic[P, R]):
                 f"@bg.task needs a function, got {fn!r} ({type(fn).__name__})."
                 " Put the decorator directly above a 'def'."
             )
-        found = _async_function(fn)
+        found = async_function(fn)
         if found is not None:
             raise InvalidTaskError(
-                f"{_async_what(fn, found)}; background tasks run plain functions in"
+                f"{describe_async(fn, found)}; background tasks run plain functions in"
                 " threads. Make it a plain 'def', or wrap it: 'def task(...):"
                 " return asyncio.run(coroutine(...))'."
             )
@@ -302,47 +302,6 @@ class Task(t.Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} pool={self.pool!r}>"
-
-
-def _async_function(fn: object) -> t.Callable[..., t.Any] | None:
-    """The ``async def`` function (or async generator function) that calling
-    ``fn`` runs, or ``None``.
-
-    It looks through :class:`functools.partial`, decorators that set
-    ``__wrapped__`` (:func:`functools.wraps`) and the ``__call__`` of a
-    callable object, at every layer: an ``async def`` anywhere in the chain
-    makes a coroutine that a thread would never await.
-    """
-    # Each round steps into a partial or a __call__; real chains are short,
-    # and the limit ends a pathological one.
-    for _ in range(20):
-        while isinstance(fn, functools.partial):
-            fn = fn.func
-        try:
-            fn = inspect.unwrap(fn, stop=_makes_async)  # type: ignore[arg-type]
-        except ValueError:  # a __wrapped__ cycle: nothing to learn from it
-            return None
-        if _makes_async(fn):
-            return t.cast("t.Callable[..., t.Any]", fn)
-        if isinstance(fn, type) or inspect.isroutine(fn) or not callable(fn):
-            return None  # calling a class makes an instance; a plain routine
-        if not isinstance(fn, functools.partial):  # found behind __wrapped__
-            fn = type(fn).__call__
-    return None
-
-
-def _makes_async(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
-
-
-def _async_what(fn: object, found: object) -> str:
-    """Say what is async, for any callable: a partial has no __qualname__."""
-    inner = getattr(found, "__qualname__", None) or type(found).__qualname__
-    outer = getattr(fn, "__qualname__", None)
-    if outer == inner:
-        return f"{inner!r} is an 'async def' function"
-    what = repr(outer) if isinstance(outer, str) else f"A {type(fn).__qualname__} object"
-    return f"{what} runs the 'async def' function {inner!r}"
 
 
 def _retry_policy(
