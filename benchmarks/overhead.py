@@ -347,7 +347,12 @@ def overhead_table(timings: dict[Case, Timings], tasks: int, rounds: int) -> Tab
             f" median of {rounds} rounds"
         ),
         header=[
-            "Contender", "Scenario", "wall us/task", "CPU us/task", "wall vs TPE", "CPU vs TPE"
+            "Contender",
+            "Scenario",
+            "wall us/task",
+            "CPU us/task",
+            "wall vs TPE",
+            "CPU vs TPE",
         ],
         rows=rows,
     )
@@ -412,22 +417,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " ThreadPoolExecutor and Flask-Executor."
     )
     parser.add_argument(
-        "--tasks", type=positive_int, default=20_000,
+        "--tasks",
+        type=positive_int,
+        default=20_000,
         help="no-op tasks per timed run (default: %(default)s)",
     )
     parser.add_argument(
-        "--rounds", type=positive_int, default=5,
+        "--rounds",
+        type=positive_int,
+        default=5,
         help="interleaved rounds; the tables show medians (default: %(default)s)",
     )
     parser.add_argument(
-        "--queued", type=positive_int, default=200_000,
+        "--queued",
+        type=positive_int,
+        default=200_000,
         help="tasks queued for the memory measurement (default: %(default)s)",
     )
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     parser.add_argument(
-        "--markdown", action="store_true", help="also print the tables as Markdown"
-    )
-    parser.add_argument(
-        "--rst", metavar="PATH",
+        "--rst",
+        metavar="PATH",
         help="also write the tables as reST list-tables to PATH, for the docs",
     )
     return parser.parse_args(argv)

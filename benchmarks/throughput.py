@@ -648,32 +648,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " memory and SQLite stores of Flask-BGTasks, and with RQ."
     )
     parser.add_argument(
-        "--tasks", type=positive_int, default=5_000,
+        "--tasks",
+        type=positive_int,
+        default=5_000,
         help="no-op tasks per timed run (default: %(default)s)",
     )
     parser.add_argument(
-        "--rounds", type=positive_int, default=5,
+        "--rounds",
+        type=positive_int,
+        default=5,
         help="interleaved rounds; the table shows medians (default: %(default)s)",
     )
     parser.add_argument(
-        "--rq-worker-class", default=RQ_WORKER_CLASS, metavar="CLASS",
+        "--rq-worker-class",
+        default=RQ_WORKER_CLASS,
+        metavar="CLASS",
         help="the RQ worker class (default: %(default)s)",
     )
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument(
-        "--markdown", action="store_true", help="also print the table as Markdown"
-    )
-    parser.add_argument(
-        "--rst", metavar="PATH",
+        "--rst",
+        metavar="PATH",
         help="also write the table as a reST list-table to PATH, for the docs",
     )
     parser.add_argument(
-        "--profile", choices=list(BGTASKS_SYSTEMS), metavar="ROW",
+        "--profile",
+        choices=list(BGTASKS_SYSTEMS),
+        metavar="ROW",
         help="instead of the table, run this row once as is and once under"
         " cProfile, and print where the time goes and how busy the store's writer"
         f" is; one of: {', '.join(BGTASKS_SYSTEMS)}",
     )
     parser.add_argument(
-        "--top", type=positive_int, default=30,
+        "--top",
+        type=positive_int,
+        default=30,
         help="with --profile, how many functions to list (default: %(default)s)",
     )
     return parser.parse_args(argv)  # fmt: skip

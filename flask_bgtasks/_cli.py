@@ -228,9 +228,7 @@ def cancel_command(task_id: str) -> None:
         # unfinished when asked has its request recorded.
         after = store.record(task_id)
         if after is None or after.cancel_requested:
-            click.echo(
-                "Asked the running task to stop; it stops at its next check_cancelled()."
-            )
+            click.echo("Asked the running task to stop; it stops at its next check_cancelled().")
             return
         record = after
     click.echo(f"Task {task_id} already finished ({record.status.value}); nothing to cancel.")

@@ -125,13 +125,14 @@ def _pools(value: object, default: PoolConfig) -> dict[str, PoolConfig]:
     example = '{"reports": {"max_workers": 2, "queue_size": 50}}'
     if not isinstance(value, t.Mapping):
         raise ConfigTypeError(
-            f"{key} must be a dict of pool name to settings, such as {example};"
-            f" got {_show(value)}."
+            f"{key} must be a dict of pool name to settings, such as {example}; got {_show(value)}."
         )
     pools = {}
     for name, settings in value.items():
         if not isinstance(name, str) or not name:
-            raise ConfigTypeError(f"{key} has the pool name {name!r}; names must be non-empty strings.")
+            raise ConfigTypeError(
+                f"{key} has the pool name {name!r}; names must be non-empty strings."
+            )
         if name == DEFAULT_POOL:
             raise ConfigError(
                 f"{key} must not define {DEFAULT_POOL!r}: that pool is set by"

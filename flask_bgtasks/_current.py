@@ -102,8 +102,7 @@ class _CurrentTask:
             _check_number("total", total)
         if message is not None and not isinstance(message, str):
             raise TypeError(
-                f"set_progress(message=...) must be a str or None, got"
-                f" {type(message).__name__}."
+                f"set_progress(message=...) must be a str or None, got {type(message).__name__}."
             )
         _result()._set_progress(current, total, message)
 
@@ -117,8 +116,7 @@ class _CurrentTask:
 def _check_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"set_progress({name}=...) must be an int or a float, got"
-            f" {type(value).__name__}."
+            f"set_progress({name}=...) must be an int or a float, got {type(value).__name__}."
         )
 
 

@@ -72,8 +72,7 @@ class TaskFailed(BGTasksError, RuntimeError):
     def __init__(self, record: TaskRecord) -> None:
         error = record.error or {"type": "Exception", "message": ""}
         super().__init__(
-            f"Task {record.name!r} (id {record.id}) failed with"
-            f" {error['type']}: {error['message']}"
+            f"Task {record.name!r} (id {record.id}) failed with {error['type']}: {error['message']}"
         )
         #: The record of the failed task.
         self.record = record

@@ -384,9 +384,7 @@ class BGTasks:
             return decorate
         return decorate(fn)
 
-    def submit(
-        self, fn: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> TaskResult[R]:
+    def submit(self, fn: t.Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> TaskResult[R]:
         """Run any callable on the default pool, without decorating it.
 
         .. code-block:: python

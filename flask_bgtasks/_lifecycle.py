@@ -224,6 +224,4 @@ def install_sigterm_handler() -> None:
 
 
 def _already_exiting(signum: int, frame: FrameType | None) -> None:
-    logger.warning(
-        "SIGTERM received again; already exiting, within BGTASKS_SHUTDOWN_TIMEOUT."
-    )
+    logger.warning("SIGTERM received again; already exiting, within BGTASKS_SHUTDOWN_TIMEOUT.")

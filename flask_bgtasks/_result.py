@@ -622,4 +622,3 @@ class TaskResult(Future[R]):
                 f" {then}."
             )
         )
-

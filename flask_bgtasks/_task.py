@@ -180,7 +180,9 @@ class Task(t.Generic[P, R]):
             this call keeps running then.
         """
         if buffersize is not None and (isinstance(buffersize, bool) or buffersize < 1):
-            raise ValueError(f"buffersize must be a whole number of at least 1, got {buffersize!r}.")
+            raise ValueError(
+                f"buffersize must be a whole number of at least 1, got {buffersize!r}."
+            )
         app = get_app()
         captured = self._capture() if self._captures else None
         deadline = None if timeout is None else time.monotonic() + timeout

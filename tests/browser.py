@@ -173,7 +173,9 @@ def browser_page(
         finally:
             # Also when the test failed: no browser outlives its test.
             leftovers = _kill_leftovers(profile, timeout=10)
-    assert not leftovers, f"The browser left processes running after closing (now killed): {leftovers}"
+    assert not leftovers, (
+        f"The browser left processes running after closing (now killed): {leftovers}"
+    )
 
 
 def screenshot(page: Page, path: str | os.PathLike[str], *, full_page: bool = True) -> Path:

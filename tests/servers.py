@@ -110,7 +110,9 @@ class Server:
         self, path: str, method: str = "GET", timeout: float = 10
     ) -> tuple[int, t.Any, dict[str, str]]:
         """Send a request; return the status, the JSON body (or text), headers."""
-        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
+        req = urllib.request.Request(
+            self.url + path, method=method, data=b"" if method == "POST" else None
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 status, body, headers = response.status, response.read(), dict(response.headers)
@@ -130,7 +132,9 @@ class Server:
         return list(body["ids"]), int(body["pid"])
 
     def wait_output(self, text: str, timeout: float = 30) -> None:
-        wait_for(lambda: text in self.output, timeout, f"{text!r} in the server output:\n{self.output}")
+        wait_for(
+            lambda: text in self.output, timeout, f"{text!r} in the server output:\n{self.output}"
+        )
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

@@ -27,7 +27,9 @@ def nest(value: t.Any, levels: int) -> t.Any:
 
 
 # What to submit, given the proxy, and where the message says it is.
-NESTED_PROXIES: list[tuple[t.Callable[[t.Any], tuple[tuple[t.Any, ...], dict[str, t.Any]]], str]] = [
+NESTED_PROXIES: list[
+    tuple[t.Callable[[t.Any], tuple[tuple[t.Any, ...], dict[str, t.Any]]], str]
+] = [
     (lambda proxy: (([proxy],), {}), "Argument 0[0]"),
     (lambda proxy: ((1, (2, proxy)), {}), "Argument 1[1]"),
     (lambda proxy: ((), {"data": {"user": {"req": proxy}}}), "Argument 'data'['user']['req']"),
@@ -51,7 +53,9 @@ def test_proxies_inside_containers_are_refused(
         message = f"{where} of task 'report' is a Flask context proxy"
         with pytest.raises(InvalidTaskError, match=re.escape(message) + ".*plain values"):
             task.submit(*args, **kwargs)
-        with pytest.raises(InvalidTaskError, match=re.escape(message.replace("'report'", "'builtins.print'"))):
+        with pytest.raises(
+            InvalidTaskError, match=re.escape(message.replace("'report'", "'builtins.print'"))
+        ):
             bg.submit(print, *args, **kwargs)
 
 
@@ -121,11 +125,17 @@ def test_orm_instances_in_a_session_are_refused(bg: BGTasks, database: Database)
     with app.test_request_context("/"):
         user = db.session.get(User, 1)
         hint = r"attached to a database session.*primary key.*db\.session\.get\(User, id\)"
-        with pytest.raises(InvalidTaskError, match=r"^Argument 0 of task 'mail' is a User instance " + hint):
+        with pytest.raises(
+            InvalidTaskError, match=r"^Argument 0 of task 'mail' is a User instance " + hint
+        ):
             mail.submit(user)
-        with pytest.raises(InvalidTaskError, match=r"^Argument 'to'\[0\]\['user'\] of task 'mail' is a User"):
+        with pytest.raises(
+            InvalidTaskError, match=r"^Argument 'to'\[0\]\['user'\] of task 'mail' is a User"
+        ):
             mail.submit(to=[{"user": user}])
-        with pytest.raises(InvalidTaskError, match=r"^Argument 0 of task 'builtins.print' is a User"):
+        with pytest.raises(
+            InvalidTaskError, match=r"^Argument 0 of task 'builtins.print' is a User"
+        ):
             bg.submit(print, user)
         # Added but not yet written: attached all the same.
         new = User(name="bob")
@@ -218,7 +228,10 @@ ASYNC_CALLABLES: list[tuple[object, str]] = [
     (numbers, "'numbers' is an 'async def' function"),
     (functools.partial(fetch, 2), "A partial object runs the 'async def' function 'fetch'"),
     (plain_decorator(fetch), "'fetch' is an 'async def' function"),
-    (functools.partial(plain_decorator(fetch), 2), "A partial object runs the 'async def' function 'fetch'"),
+    (
+        functools.partial(plain_decorator(fetch), 2),
+        "A partial object runs the 'async def' function 'fetch'",
+    ),
     (async_decorator(len), "'len' is an 'async def' function"),
     (Fetcher(), "A Fetcher object runs the 'async def' function 'Fetcher.__call__'"),
     (

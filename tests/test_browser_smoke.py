@@ -151,7 +151,9 @@ def assert_filled(page: Page) -> None:
     assert page.evaluate("window.seen") == list(range(1, TOTAL + 1))
 
 
-def test_polling_fills_the_progress_bar(page: Page, live_server: LiveServer, tmp_path: Path) -> None:
+def test_polling_fills_the_progress_bar(
+    page: Page, live_server: LiveServer, tmp_path: Path
+) -> None:
     errors = load(page, live_server.url + "/poll")
     assert_filled(page)
     assert live_server.app.extensions["polls"] == [TOTAL]  # one request per step, none after

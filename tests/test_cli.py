@@ -110,9 +110,7 @@ def statuses(app: Flask, bg: BGTasks, gate: Gate) -> Statuses:
     return Statuses(app, bg, gate)
 
 
-def test_list_shows_every_status_newest_first(
-    runner: FlaskCliRunner, statuses: Statuses
-) -> None:
+def test_list_shows_every_status_newest_first(runner: FlaskCliRunner, statuses: Statuses) -> None:
     result = run(runner, "list")
     statuses.finish()
     assert result.exit_code == 0, result.output
@@ -366,8 +364,15 @@ def test_purge_says_record_for_one(app: Flask, bg: BGTasks, runner: FlaskCliRunn
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("45", 45), ("2.5", 2.5), ("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800),
-     (" 7D ", 604800)],
+    [
+        ("45", 45),
+        ("2.5", 2.5),
+        ("30s", 30),
+        ("15m", 900),
+        ("12h", 43200),
+        ("7d", 604800),
+        (" 7D ", 604800),
+    ],
 )
 def test_age_forms(value: str, seconds: float) -> None:
     ctx = click.Context(cli)

@@ -57,7 +57,12 @@ def test_valid_values_are_accepted() -> None:
         ("BGTASKS_POOLS", {"default": {}}, ConfigError, "BGTASKS_MAX_WORKERS"),
         ("BGTASKS_POOLS", {"r": 3}, ConfigTypeError, "BGTASKS_POOLS['r'] must be a dict"),
         ("BGTASKS_POOLS", {"r": {"workers": 2}}, ConfigError, "unknown keys ['workers']"),
-        ("BGTASKS_POOLS", {"r": {"max_workers": 0}}, ConfigError, "BGTASKS_POOLS['r']['max_workers']"),
+        (
+            "BGTASKS_POOLS",
+            {"r": {"max_workers": 0}},
+            ConfigError,
+            "BGTASKS_POOLS['r']['max_workers']",
+        ),
         ("BGTASKS_POOLS", {"r": {"queue_size": "x"}}, ConfigTypeError, "['queue_size']"),
         ("BGTASKS_RESULT_TTL", -5, ConfigError, "at least 0"),
         ("BGTASKS_RESULT_TTL", float("nan"), ConfigError, "at least 0"),

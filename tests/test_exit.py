@@ -195,4 +195,3 @@ def wait_started(log: Path, task_id: str) -> None:
         return log.exists() and f"started {task_id} " in log.read_text()
 
     wait_for(started, 15, f"task {task_id} to start")
-

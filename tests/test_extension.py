@@ -28,7 +28,9 @@ def test_constructor_with_app() -> None:
 
 
 def test_init_app_twice_raises(app: Flask, bg: BGTasks) -> None:
-    with pytest.raises(RuntimeError, match="already registered on the app 'test_app'.*once per app"):
+    with pytest.raises(
+        RuntimeError, match="already registered on the app 'test_app'.*once per app"
+    ):
         bg.init_app(app)
     with pytest.raises(UsageError, match="already registered"):
         BGTasks().init_app(app)

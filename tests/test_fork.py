@@ -102,7 +102,9 @@ def child_report(app: Flask, bg: BGTasks) -> str:
         ran_here = result.result(10) == os.getpid()
     record = store.record(result.id)
     status = None if record is None else record.status.value
-    return json.dumps({"records": records, "threads": threads, "ran_here": ran_here, "status": status})
+    return json.dumps(
+        {"records": records, "threads": threads, "ran_here": ran_here, "status": status}
+    )
 
 
 def own_task_ran(records: int) -> dict[str, t.Any]:

@@ -202,9 +202,7 @@ def test_waiting_for_a_retry_is_queued_not_running(app: Flask, bg: BGTasks) -> N
     assert_agrees(result)
 
 
-def test_ended_at_the_shutdown_deadline(
-    make_app: t.Callable[..., Flask], gate: Gate
-) -> None:
+def test_ended_at_the_shutdown_deadline(make_app: t.Callable[..., Flask], gate: Gate) -> None:
     bg = BGTasks()
     app = Flask("deadline")
     app.config.update(BGTASKS_MAX_WORKERS=1)
@@ -341,9 +339,7 @@ def test_first_exception_returns_on_a_failure(
     blocked = submit(gate)
     gate.wait_entered()
     bad = submit(int, "x")
-    done, not_done = wait(
-        [queued_cancelled, blocked, bad], return_when=FIRST_EXCEPTION, timeout=10
-    )
+    done, not_done = wait([queued_cancelled, blocked, bad], return_when=FIRST_EXCEPTION, timeout=10)
     assert done == {queued_cancelled, bad}
     assert not_done == {blocked}
     gate.open()

@@ -157,7 +157,9 @@ def test_shutdown_from_another_thread_without_waiting(
     assert bg.shutdown(timeout=5).interrupted == []
 
 
-def test_shutdown_cancel_pending(make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any) -> None:
+def test_shutdown_cancel_pending(
+    make_app: t.Callable[..., Flask], bg: BGTasks, gate: t.Any
+) -> None:
     app = make_app(BGTASKS_MAX_WORKERS=1)
     with app.app_context():
         running = bg.submit(gate)

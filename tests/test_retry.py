@@ -20,7 +20,9 @@ from .servers import wait_for
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def any_store_app(request: pytest.FixtureRequest, make_app: t.Callable[..., Flask], tmp_path: Path) -> Flask:
+def any_store_app(
+    request: pytest.FixtureRequest, make_app: t.Callable[..., Flask], tmp_path: Path
+) -> Flask:
     if request.param == "memory":
         return make_app()
     return make_app(BGTASKS_STORE="sqlite:///" + str(tmp_path / "tasks.db"))
@@ -34,8 +36,9 @@ def test_retries_until_it_succeeds(any_store_app: Flask, bg: BGTasks) -> None:
         return current_task.attempt
 
     failed: list[object] = []
-    with any_store_app.app_context(), signals.task_failed.connected_to(
-        lambda sender, **kw: failed.append(kw), any_store_app
+    with (
+        any_store_app.app_context(),
+        signals.task_failed.connected_to(lambda sender, **kw: failed.append(kw), any_store_app),
     ):
         result = flaky.submit()
         assert result.result(5) == 3
@@ -64,7 +67,11 @@ def test_gives_up_after_the_last_retry(any_store_app: Flask, bg: BGTasks) -> Non
         with pytest.raises(ValueError, match="attempt 3"):
             result.result(5)
         assert result.status is TaskStatus.FAILED
-        assert [error["message"] for error in result.errors] == ["attempt 1", "attempt 2", "attempt 3"]
+        assert [error["message"] for error in result.errors] == [
+            "attempt 1",
+            "attempt 2",
+            "attempt 3",
+        ]
         record = bg.store().record(result.id)
         assert record is not None and record.error is not None
         assert record.error["message"] == "attempt 3"

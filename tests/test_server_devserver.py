@@ -21,7 +21,9 @@ from tests.servers import BIN, Server, thread_count, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 
-INTERRUPTED = re.compile(r"\(id (\S+)\) was still running at the shutdown deadline and was interrupted")
+INTERRUPTED = re.compile(
+    r"\(id (\S+)\) was still running at the shutdown deadline and was interrupted"
+)
 
 
 def flask_run(cwd: Path, log: Path, **env: str) -> Server:
@@ -141,12 +143,16 @@ def test_forking_dev_server_refuses_tasks(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
     script.write_text(RUNNER.format(apps=str(APPS)))
     log = tmp_path / "tasks.log"
-    with Server([sys.executable, str(script), "{port}"], cwd=tmp_path, env={"TASK_LOG": str(log)}) as server:
+    with Server(
+        [sys.executable, str(script), "{port}"], cwd=tmp_path, env={"TASK_LOG": str(log)}
+    ) as server:
         server.wait_ready("/pid")
         assert serving_pid(server) not in (None, server.process.pid)  # a fork answered
         status, body, _ = server.request("/tasks?seconds=0", "POST")
         assert status == 500
         assert not isinstance(body, dict)
-        server.wait_output("UsageError: Background tasks cannot run under the development server with processes > 1")
+        server.wait_output(
+            "UsageError: Background tasks cannot run under the development server with processes > 1"
+        )
 
     assert read_log(log) == []

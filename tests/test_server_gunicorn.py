@@ -312,7 +312,9 @@ def boot_with_a_task_at_load(folder: Path, store: str) -> None:
     booted = re.compile(r"Booting worker with pid: (\d+)")
     with Server(command, APPS, env) as server:
         master = server.process.pid
-        wait_for(lambda: len(booted.findall(server.output)) >= 2, 15, f"two workers:\n{server.output}")
+        wait_for(
+            lambda: len(booted.findall(server.output)) >= 2, 15, f"two workers:\n{server.output}"
+        )
         workers = {int(pid) for pid in booted.findall(server.output)}
         answered: set[int] = set()
 
@@ -334,6 +336,4 @@ def boot_with_a_task_at_load(folder: Path, store: str) -> None:
             f"the master to keep no thread of ours: {thread_names(master)}",
         )
         assert not [name for name in thread_names(master) if name.startswith("bgtasks-")]
-    assert "WORKER TIMEOUT" not in server.output and "Traceback" not in server.output, (
-        server.output
-    )
+    assert "WORKER TIMEOUT" not in server.output and "Traceback" not in server.output, server.output

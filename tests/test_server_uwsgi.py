@@ -36,7 +36,12 @@ SIGTERM_HOOK = ["--hook-master-start", "unix_signal:15 gracefully_kill_them_all"
 #: The configuration to recommend: each worker loads the app, SIGTERM stops
 #: uWSGI 2.0 instead of reloading it, and stops it gracefully.
 WORKING = [
-    "--master", "--processes", "2", "--lazy-apps", "--enable-threads", "--die-on-term",
+    "--master",
+    "--processes",
+    "2",
+    "--lazy-apps",
+    "--enable-threads",
+    "--die-on-term",
     *SIGTERM_HOOK,
 ]
 #: The warning of a configuration in which SIGTERM loses tasks.
@@ -46,7 +51,7 @@ REMEDIES = ("--lazy-apps", "--py-call-uwsgi-fork-hooks")
 
 #: An app whose uWSGI master runs a CPU-bound task while it forks the
 #: workers: the case that leaves the workers hung without fork hooks.
-MASTER_TASK_APP = '''
+MASTER_TASK_APP = """
 import time
 
 from taskapp import bg, create_app
@@ -62,13 +67,13 @@ def spin(seconds):
 
 with app.app_context():
     bg.submit(spin, 2.0)
-'''
+"""
 
 
 #: A request that holds its worker, and tasks that can only finish after
 #: it: both wait for the file named by RELEASE, which the test creates once
 #: uWSGI has begun to stop.
-BUSY_REQUEST_APP = '''
+BUSY_REQUEST_APP = """
 import os
 import threading
 from pathlib import Path
@@ -96,7 +101,7 @@ def busy():
     ids = [after_release.submit().id for _ in range(2)]
     released()
     return {"ids": ids, "pid": os.getpid()}
-'''
+"""
 
 
 def start(tmp_path: Path, *options: str, cwd: Path = APP_DIR, module: str = "wsgi:app") -> Server:
@@ -107,7 +112,15 @@ def start(tmp_path: Path, *options: str, cwd: Path = APP_DIR, module: str = "wsg
         "FLASK_BGTASKS_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
         "FLASK_BGTASKS_MAX_WORKERS": "2",
     }
-    args = [str(UWSGI), "--http-socket", "127.0.0.1:{port}", "--chdir", str(cwd), "--module", module]
+    args = [
+        str(UWSGI),
+        "--http-socket",
+        "127.0.0.1:{port}",
+        "--chdir",
+        str(cwd),
+        "--module",
+        module,
+    ]
     return Server([*args, *options], cwd=cwd, env=env)
 
 

@@ -25,8 +25,12 @@ pytest.importorskip("waitress")
 
 APPS = Path(__file__).parent / "server_apps"
 
-QUEUED_CANCELLED = re.compile(r"\(id (\S+)\) was still queued at the shutdown deadline and was cancelled")
-INTERRUPTED = re.compile(r"\(id (\S+)\) was still running at the shutdown deadline and was interrupted")
+QUEUED_CANCELLED = re.compile(
+    r"\(id (\S+)\) was still queued at the shutdown deadline and was cancelled"
+)
+INTERRUPTED = re.compile(
+    r"\(id (\S+)\) was still running at the shutdown deadline and was interrupted"
+)
 #: The start of the warning that SIGTERM would lose the tasks.
 NO_HANDLER = "Waitress has no graceful SIGTERM, and this process has no handler for it"
 SUMMARY = re.compile(
@@ -37,7 +41,13 @@ SUMMARY = re.compile(
 
 def waitress(log: Path, **env: str) -> Server:
     return Server(
-        [str(BIN / "waitress-serve"), "--listen", "127.0.0.1:{port}", "--call", "taskapp:create_app"],
+        [
+            str(BIN / "waitress-serve"),
+            "--listen",
+            "127.0.0.1:{port}",
+            "--call",
+            "taskapp:create_app",
+        ],
         cwd=APPS,
         env={"TASK_LOG": str(log), **env},
     )

@@ -8,9 +8,7 @@ from flask import Flask, current_app
 from flask_bgtasks import BGTasks, TaskCancelled, current_task, signals
 
 
-def test_signals_in_order_with_the_app_as_sender(
-    app: Flask, bg: BGTasks, gate: t.Any
-) -> None:
+def test_signals_in_order_with_the_app_as_sender(app: Flask, bg: BGTasks, gate: t.Any) -> None:
     events: list[tuple[str, str, t.Any]] = []
     lock = threading.Lock()
 

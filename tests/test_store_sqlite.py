@@ -77,7 +77,9 @@ def in_other_process(db: str, task_id: str) -> str:
     return done.stdout.strip()
 
 
-def test_every_task_is_recorded_at_submit(store_app: Flask, bg: BGTasks, gate: Gate, db: str) -> None:
+def test_every_task_is_recorded_at_submit(
+    store_app: Flask, bg: BGTasks, gate: Gate, db: str
+) -> None:
     @bg.task
     def hold(number: int, label: str = "") -> int:
         gate()
@@ -190,7 +192,9 @@ def test_another_process_cancels_a_running_task(store_app: Flask, bg: BGTasks, d
     assert (row["status"], row["cancel_requested"]) == ("cancelled", 1)
 
 
-def test_refused_submit_leaves_no_record(make_app: t.Callable[..., Flask], bg: BGTasks, gate: Gate, db: str) -> None:
+def test_refused_submit_leaves_no_record(
+    make_app: t.Callable[..., Flask], bg: BGTasks, gate: Gate, db: str
+) -> None:
     app = make_app(BGTASKS_STORE="sqlite:///" + db, BGTASKS_MAX_WORKERS=1, BGTASKS_QUEUE_SIZE=0)
 
     @bg.task
@@ -206,7 +210,9 @@ def test_refused_submit_leaves_no_record(make_app: t.Callable[..., Flask], bg: B
     assert list(rows(db, app)) == [first.id]
 
 
-def test_relative_path_is_in_the_instance_folder(make_app: t.Callable[..., Flask], tmp_path: Path) -> None:
+def test_relative_path_is_in_the_instance_folder(
+    make_app: t.Callable[..., Flask], tmp_path: Path
+) -> None:
     app = make_app(BGTASKS_STORE="sqlite:///sub/tasks.db")
     assert app.instance_path  # Flask's default, next to this module
     app2 = Flask("relative", instance_path=str(tmp_path / "instance"))
@@ -221,7 +227,9 @@ def test_relative_path_is_in_the_instance_folder(make_app: t.Callable[..., Flask
     ("value", "error"),
     [("sqlite://tasks.db", ConfigError), ("redis://x", ConfigError), (3, TypeError)],
 )
-def test_bad_store_setting(make_app: t.Callable[..., Flask], value: object, error: type[Exception]) -> None:
+def test_bad_store_setting(
+    make_app: t.Callable[..., Flask], value: object, error: type[Exception]
+) -> None:
     with pytest.raises(error, match="BGTASKS_STORE must be 'memory', or 'sqlite:///tasks.db'"):
         make_app(BGTASKS_STORE=value)
 
@@ -232,7 +240,9 @@ def test_corrupt_file_fails_at_init_app(make_app: t.Callable[..., Flask], db: st
         make_app(BGTASKS_STORE="sqlite:///" + db)
 
 
-def test_folder_that_is_a_file_fails_at_init_app(make_app: t.Callable[..., Flask], tmp_path: Path) -> None:
+def test_folder_that_is_a_file_fails_at_init_app(
+    make_app: t.Callable[..., Flask], tmp_path: Path
+) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError, match="Make sure its folder exists"):
         make_app(BGTASKS_STORE="sqlite:///" + str(tmp_path / "file" / "tasks.db"))
@@ -306,7 +316,15 @@ def dead_row(db: str, task_id: str, name: str, durable: bool, args: list[t.Any])
             "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status, attempt,"
             " owner, lease_until, submitted_at, started_at)"
             " VALUES (?, ?, 'default', ?, ?, 'running', 1, 'gone:1', ?, ?, ?)",
-            (task_id, name, int(durable), json.dumps({"args": args, "kwargs": {}}), time.time() - 1, time.time() - 5, time.time() - 4),
+            (
+                task_id,
+                name,
+                int(durable),
+                json.dumps({"args": args, "kwargs": {}}),
+                time.time() - 1,
+                time.time() - 5,
+                time.time() - 4,
+            ),
         )
 
 
@@ -334,7 +352,9 @@ def test_durable_task_of_a_dead_process_runs_again(store_app: Flask, bg: BGTasks
     assert attempts == [2]
 
 
-def test_tasks_of_a_live_process_are_never_taken(store_app: Flask, bg: BGTasks, gate: Gate, db: str) -> None:
+def test_tasks_of_a_live_process_are_never_taken(
+    store_app: Flask, bg: BGTasks, gate: Gate, db: str
+) -> None:
     from flask_bgtasks.stores.sqlite import SQLiteStore
 
     @bg.task(durable=True, name="tests.held")
@@ -414,7 +434,9 @@ def test_expired_records_disappear(make_app: t.Callable[..., Flask], bg: BGTasks
     assert rows(db) == {}
 
 
-def test_max_results_keeps_the_newest(make_app: t.Callable[..., Flask], bg: BGTasks, db: str) -> None:
+def test_max_results_keeps_the_newest(
+    make_app: t.Callable[..., Flask], bg: BGTasks, db: str
+) -> None:
     app = make_app(BGTASKS_STORE="sqlite:///" + db, BGTASKS_MAX_RESULTS=3)
     with app.app_context():
         results = [bg.submit(int) for _ in range(10)]
@@ -425,7 +447,9 @@ def test_max_results_keeps_the_newest(make_app: t.Callable[..., Flask], bg: BGTa
     assert len(bg.store(app)) == 3
 
 
-def test_upkeep_thread_stops_at_shutdown(make_app: t.Callable[..., Flask], bg: BGTasks, db: str) -> None:
+def test_upkeep_thread_stops_at_shutdown(
+    make_app: t.Callable[..., Flask], bg: BGTasks, db: str
+) -> None:
     app = make_app(BGTASKS_STORE="sqlite:///" + db)
     app.test_client().get("/")
     names = [thread.name for thread in threading.enumerate()]

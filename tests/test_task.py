@@ -71,8 +71,9 @@ def test_map_that_does_not_fit_cancels_what_it_submitted(
 
     from flask_bgtasks import signals
 
-    with app.app_context(), signals.task_submitted.connected_to(
-        lambda app, task: submitted.append(task), app
+    with (
+        app.app_context(),
+        signals.task_submitted.connected_to(lambda app, task: submitted.append(task), app),
     ):
         bg.submit(gate)
         gate.wait_entered()
@@ -141,18 +142,21 @@ def test_bad_task_options(bg: BGTasks, options: dict[str, t.Any], words: str) ->
 
 def test_unknown_pool_fails_at_submit(app: Flask, bg: BGTasks) -> None:
     task = bg.task(pool="nope")(abs)
-    with app.app_context(), pytest.raises(RuntimeError, match=r"no task pool named 'nope'.*default"):
+    with (
+        app.app_context(),
+        pytest.raises(RuntimeError, match=r"no task pool named 'nope'.*default"),
+    ):
         task.submit(1)
 
 
 @pytest.mark.parametrize("proxy", [request, session, g, current_app], ids=repr)
-def test_context_proxies_are_rejected_as_arguments(
-    app: Flask, bg: BGTasks, proxy: t.Any
-) -> None:
+def test_context_proxies_are_rejected_as_arguments(app: Flask, bg: BGTasks, proxy: t.Any) -> None:
     app.secret_key = "test"
     task = bg.task(repr)
     with app.test_request_context("/?id=1"):
-        with pytest.raises(InvalidTaskError, match="Argument 0 of task 'builtins.repr'.*plain values"):
+        with pytest.raises(
+            InvalidTaskError, match="Argument 0 of task 'builtins.repr'.*plain values"
+        ):
             task.submit(proxy)
         with pytest.raises(InvalidTaskError, match="Argument 'obj'"):
             task.submit(obj=proxy)

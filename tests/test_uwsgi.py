@@ -131,9 +131,7 @@ def test_worker_reload_mercy_must_outlast_the_drain(
     if mercy is not None:
         uwsgi.opt["worker-reload-mercy"] = mercy  # type: ignore[attr-defined]
     if refused:
-        with pytest.raises(
-            UsageError, match="worker-reload-mercy .* BGTASKS_SHUTDOWN_TIMEOUT"
-        ):
+        with pytest.raises(UsageError, match="worker-reload-mercy .* BGTASKS_SHUTDOWN_TIMEOUT"):
             check_uwsgi(timeout)
     else:
         check_uwsgi(timeout)

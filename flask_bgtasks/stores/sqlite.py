@@ -194,7 +194,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " away and a new one is created."
         )
 
-    def _read(self, sql: str, params: t.Sequence[t.Any] = (), flush: bool = True) -> list[sqlite3.Row]:
+    def _read(
+        self, sql: str, params: t.Sequence[t.Any] = (), flush: bool = True
+    ) -> list[sqlite3.Row]:
         """Run a query on the reading connection; with ``flush``, after this
         process's queued writes are committed."""
         self._check_process()

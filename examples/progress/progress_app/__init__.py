@@ -72,6 +72,8 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
     def start_report() -> tuple[t.Any, int]:
         owner = session.setdefault("owner", secrets.token_urlsafe(16))
         result = generate_report.submit(app.config["PAGES"], owner=owner)
-        return jsonify(id=result.id, status_url=f"{app.config['BGTASKS_API_PREFIX']}/{result.id}"), 202
+        return jsonify(
+            id=result.id, status_url=f"{app.config['BGTASKS_API_PREFIX']}/{result.id}"
+        ), 202
 
     return app

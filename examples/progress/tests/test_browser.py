@@ -98,13 +98,18 @@ def test_progress_page(dev_server: str, tmp_path: Path) -> None:
 def test_progress_page_under_gunicorn(tmp_path: Path) -> None:
     gunicorn = [
         str(BIN / "gunicorn"),
-        "--workers", "3",
+        "--workers",
+        "3",
         # Each worker is replaced after two requests: the status requests
         # reach processes that did not start the report.
-        "--max-requests", "2",
-        "--bind", "127.0.0.1:{port}",
-        "--access-logfile", "-",
-        "--access-logformat", "%(p)s %(m)s %(U)s",
+        "--max-requests",
+        "2",
+        "--bind",
+        "127.0.0.1:{port}",
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        "%(p)s %(m)s %(U)s",
         "--no-control-socket",
         "progress_app:create_app()",
     ]
