@@ -19,10 +19,16 @@ from ._errors import (
     UsageError,
 )
 from ._extension import BGTasks
-from ._lifecycle import ShutdownSummary, install_sigterm_handler, quick_stop
-from ._record import StoredResult, TaskRecord
-from ._result import TaskResult, TaskStatus
+from ._message import TaskMessage, TaskSnapshot
+from ._options import TaskOptions
+from ._record import TaskRecord, TaskStatus
+from ._result import TaskResult
+from ._shutdown import ShutdownSummary, install_sigterm_handler, quick_stop
 from ._task import Task
+
+#: The handle of a task in a shared store: since 0.2 the same class as every
+#: handle, :class:`TaskResult`. Deprecated alias.
+StoredResult = TaskResult
 
 __all__ = [
     "BGTasks",
@@ -39,8 +45,11 @@ __all__ = [
     "Task",
     "TaskCancelled",
     "TaskFailed",
+    "TaskMessage",
+    "TaskOptions",
     "TaskRecord",
     "TaskResult",
+    "TaskSnapshot",
     "TaskStatus",
     "TaskTimeout",
     "UsageError",

@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from ._result import TaskStatus, as_datetime
+from ._record import TaskStatus, as_datetime
 
 if t.TYPE_CHECKING:
     from ._extension import BGTasks
@@ -191,7 +191,7 @@ def show_command(task_id: str) -> None:
     fields += [
         ("attempt", str(record.attempt)),
         ("cancel requested", "yes" if record.cancel_requested else "no"),
-        ("owner", record.owner or "-"),
+        ("process", record.process or "-"),
         ("submitted", _time(record.submitted_at)),
         ("started", _time(record.started_at)),
         ("finished", _time(record.finished_at)),

@@ -20,9 +20,10 @@ from werkzeug.local import LocalProxy
 
 from . import signals
 from ._errors import InvalidTaskError, TaskCancelled, UsageError
-from ._result import TaskStatus, short_repr
+from ._record import TaskStatus, short_repr
 
 if t.TYPE_CHECKING:
+    from ._execution import Execution
     from ._result import TaskResult
 
 
@@ -224,9 +225,11 @@ def _describe(where: str, steps: t.Iterable[object]) -> str:
     return f"item {subscripts} of {base}" if inside and subscripts else base + subscripts
 
 
-def _refuse_awaitable(task: str, value: object) -> t.NoReturn:
+def refuse_awaitable(task: str, value: object) -> None:
     """Fail a task whose function returned a coroutine or other awaitable,
     which no event loop will ever run."""
+    if type(value) in _ATOMS or not inspect.isawaitable(value):
+        return
     if inspect.iscoroutine(value):
         value.close()  # closed, it does not warn that it was never awaited
     raise InvalidTaskError(
@@ -287,19 +290,16 @@ def _request_environ(captured: Captured, environ: dict[str, str]) -> dict[str, t
     }
 
 
-def run_task(
+def in_task_context(
     app: Flask,
-    call: t.Callable[..., t.Any],
-    args: tuple[t.Any, ...],
-    kwargs: dict[str, t.Any],
     captured: Captured | None,
-    result: TaskResult[t.Any],
-) -> None:
-    """Run a task in a fresh context of ``app`` and publish its outcome.
-
-    The outcome is published inside the context, so done-callbacks and the
-    signal receivers see the app; teardown runs once, right after.
-    """
+    body: t.Callable[[Execution, Flask], tuple[BaseException | None, float | None]],
+    execution: Execution,
+) -> float | None:
+    """Call ``body(execution, app)`` in a fresh context of ``app``: an app
+    context, or a request context made from the captured request, with the
+    captured ``g`` values. Teardown runs once, right after, with the
+    exception ``body`` returns. Returns what ``body`` returns second."""
     if captured is not None and captured.environ is not None:
         ctx: t.Any = app.request_context(_request_environ(captured, captured.environ))
     else:
@@ -310,40 +310,33 @@ def run_task(
         if captured is not None:
             for name, value in captured.g_values.items():
                 setattr(g, name, value)
-        if signals.task_started.receivers:
-            signals.task_started.send(app, task=result)
-        try:
-            value = call(*args, **kwargs)
-            if inspect.isawaitable(value):
-                _refuse_awaitable(result.name, value)
-        except BaseException as exc:
-            error = exc
-            result._fail(exc)
-        else:
-            result._succeed(value)
-        _send_outcome(app, result)
+        error, delay = body(execution, app)
     finally:
         ctx.pop(error)
+    return delay
 
 
-def _send_outcome(app: Flask, result: TaskResult[t.Any]) -> None:
-    # What was published, which is not what the function did if a timeout
-    # or the shutdown deadline ended the task first.
-    if not result.done():  # it failed, and will be retried
-        return
-    status = result.status
+def send_started(app: Flask, handle: TaskResult[t.Any]) -> None:
+    """Send ``task_started``, in the task's context."""
+    if signals.task_started.receivers:
+        signals.task_started.send(app, task=handle)
+
+
+def send_outcome(app: Flask, handle: TaskResult[t.Any]) -> None:
+    """Send the signal of how a settled task ended, in its context."""
+    status = handle.status
     if status is TaskStatus.SUCCEEDED:
         if signals.task_succeeded.receivers:
-            signals.task_succeeded.send(app, task=result, result=result.result(0))
+            signals.task_succeeded.send(app, task=handle, result=handle.result(0))
         return
     if status is TaskStatus.CANCELLED:
         if signals.task_cancelled.receivers:
             try:
-                result.exception(0)
+                handle.exception(0)
             except TaskCancelled as exc:  # what stopped it, as result() raises it
-                signals.task_cancelled.send(app, task=result, exception=exc)
+                signals.task_cancelled.send(app, task=handle, exception=exc)
     elif signals.task_failed.receivers:
-        signals.task_failed.send(app, task=result, exception=result.exception(0))
+        signals.task_failed.send(app, task=handle, exception=handle.exception(0))
 
 
 def app_context(app: Flask) -> t.ContextManager[object]:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import typing as t
 from contextvars import ContextVar
 
-from ._errors import TaskCancelled, UsageError
+from ._errors import UsageError
 
 if t.TYPE_CHECKING:
+    from ._execution import Execution
     from ._result import TaskResult
 
 #: The task running in this context. Every task runs in a fresh
 #: :class:`contextvars.Context`, so setting it never needs a reset.
-running_task: ContextVar[TaskResult[t.Any]] = ContextVar("flask_bgtasks.running_task")
+running_task: ContextVar[Execution] = ContextVar("flask_bgtasks.running_task")
 
 
-def _result() -> TaskResult[t.Any]:
+def _running() -> Execution:
     try:
         return running_task.get()
     except LookupError:
@@ -50,28 +51,28 @@ class _CurrentTask:
     @property
     def id(self) -> str:
         """The id of the running task."""
-        return _result().id
+        return _running().handle.id
 
     @property
     def name(self) -> str:
         """The name of the running task."""
-        return _result().name
+        return _running().message.name
 
     @property
     def attempt(self) -> int:
         """Which attempt this is: 1 for the first run, one more for each
         retry and each rerun of a durable task after its process died."""
-        return _result().attempt
+        return _running().attempt
 
     @property
     def result(self) -> TaskResult[t.Any]:
         """The :class:`~flask_bgtasks.TaskResult` of the running task."""
-        return _result()
+        return _running().handle
 
     @property
     def cancel_requested(self) -> bool:
         """``True`` once someone called ``cancel()`` on this running task."""
-        return _result().cancel_requested
+        return _running().cancel_requested
 
     def check_cancelled(self) -> None:
         """Raise :class:`~flask_bgtasks.TaskCancelled` if cancellation was
@@ -80,9 +81,9 @@ class _CurrentTask:
         Let the exception propagate: the task then ends with the status
         ``cancelled``. Call it at points where stopping is safe.
         """
-        result = _result()
-        if result.cancel_requested:
-            raise TaskCancelled(f"Task {result.name!r} (id {result.id}) was cancelled.")
+        execution = _running()
+        if execution.cancel_requested:
+            raise execution.cancelled_error()
 
     def set_progress(
         self,
@@ -104,11 +105,11 @@ class _CurrentTask:
             raise TypeError(
                 f"set_progress(message=...) must be a str or None, got {type(message).__name__}."
             )
-        _result()._set_progress(current, total, message)
+        _running().set_progress(current, total, message)
 
     def __repr__(self) -> str:
         try:
-            return f"<current_task {_result()!r}>"
+            return f"<current_task {_running().handle!r}>"
         except UsageError:
             return "<current_task (no task running)>"
 

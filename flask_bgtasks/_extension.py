@@ -1,45 +1,36 @@
-"""The ``BGTasks`` extension object: wires config, backend and store per app."""
+"""The ``BGTasks`` extension object: wires config, store and backend into a
+runtime per app."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+import types
 import typing as t
+import warnings
 import weakref
 
 from . import _config
-from ._context import (
-    app_context,
-    check_not_forking_per_request,
-    get_app,
-    is_reloader_watcher,
-    send_cancelled,
-)
+from ._context import app_context, get_app
 from ._current import running_task
-from ._errors import ConfigError, QueueFull, ShutdownError, UsageError
-from ._lifecycle import (
-    ShutdownSummary,
-    drain_at_exit,
-    quick_stop_signals,
-    stopping_quickly,
-    wait_unless_stopped,
-)
-from ._result import TaskStatus
+from ._errors import ConfigError, UsageError
+from ._options import TaskOptions
+from ._runtime import Runtime
+from ._shutdown import ShutdownSummary, drain, drain_at_exit, shutdown
 from ._task import Task
 from ._uwsgi import check_uwsgi
 from ._waitress import check_waitress
-from .backends import Backend
-from .backends.eager import EagerBackend
-from .backends.threads import ThreadBackend
-from .stores import TaskStore
 from .stores.memory import MemoryStore
 
 if t.TYPE_CHECKING:
-    from flask import Flask, Response
+    from flask import Flask
 
-    from ._record import StoredResult, TaskRecord
+    from ._options import TaskOptionArgs
+    from ._record import TaskRecord
     from ._result import TaskResult
+    from .stores import TaskStore
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -49,116 +40,8 @@ V = t.TypeVar("V", bound=t.Callable[..., t.Any])
 
 logger = logging.getLogger("flask_bgtasks")
 
-
-class _AppState:
-    """What the extension keeps for one app. It owns that app's results."""
-
-    def __init__(
-        self, app: Flask, config: _config.Config, tasks: t.Mapping[str, Task[..., t.Any]]
-    ) -> None:
-        # A weak reference: this object is the value of a WeakKeyDictionary
-        # keyed by the app, and must not keep the app alive.
-        self._app = weakref.ref(app)
-        self.config = config
-        backend_class = EagerBackend if config.eager else ThreadBackend
-        self.backend: Backend = backend_class(config.pools, app.name)
-        self.store = _open_store(app, config)
-        #: The tasks of the extension by name, to take over durable ones.
-        self.tasks = tasks
-        #: The process that submitted to this app last; ``None`` before any.
-        #: A Gunicorn master with ``--preload`` or the reloader's watcher
-        #: never submits, so the drain at exit leaves it alone.
-        self.active_pid: int | None = None
-        self.store_pid: int | None = None
-        self.closing = False
-        self.hooks_ran = False
-
-    def enter_process(self) -> bool:
-        """The first submit in this process. Refuse a process forked for
-        one request, since its tasks could never run.
-
-        :return: ``False`` in the watcher of ``flask run``'s reloader, which
-            must run no task, start no thread and write nothing: the
-            process it starts to serve loads the app again, and runs them.
-        """
-        check_not_forking_per_request()
-        if is_reloader_watcher():
-            return False
-        self.active_pid = os.getpid()
-        self.activate_store()
-        return True
-
-    def activate_store(self) -> None:
-        """This process runs tasks: let a shared store start its upkeep,
-        which also takes over the durable tasks of dead processes. Eager
-        mode starts no thread."""
-        if self.store_pid != os.getpid():
-            self.store_pid = os.getpid()
-            if not self.config.eager:
-                self.store.activate(self.recover, self.durable_names)
-
-    def flush_store(self, response: Response) -> Response:
-        """Before a response leaves, commit what the request wrote, such as
-        the tasks it submitted: a client may ask another process for them
-        next."""
-        self.store.flush()
-        return response
-
-    def durable_names(self) -> list[str]:
-        if self.closing:  # a process that shuts down takes nothing over
-            return []
-        return [name for name, task in list(self.tasks.items()) if self.is_durable(task)]
-
-    def is_durable(self, task: Task[..., t.Any]) -> bool:
-        return self.config.durable if task.durable is None else task.durable
-
-    def recover(self, record: TaskRecord) -> bool:
-        """Queue a durable task that the store took over from a dead process."""
-        task = self.tasks.get(record.name)
-        app = self._app()
-        if task is None or app is None:
-            return False
-        result = task._resubmittable(app, self, record)
-        try:
-            self.backend.submit(result, task.pool)
-        except (QueueFull, ShutdownError):
-            return False
-        except UsageError:  # the task names a pool this app does not have
-            logger.exception("Durable task %r (id %s) can't run here.", record.name, record.id)
-            return False
-        # This process now runs tasks, so its exit drains them.
-        self.active_pid = os.getpid()
-        return True
-
-    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
-        self.store.register(task_id, result)
-
-    def started(self, result: TaskResult[t.Any]) -> bool:
-        return self.store.started(result)
-
-    def changed(self, result: TaskResult[t.Any]) -> None:
-        self.store.changed(result)
-
-    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
-        return self.store.unstorable(result, value)
-
-    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
-        self.store.finished(result, value)
-
-    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
-        return self.store.cancel_requested(result)
-
-    def callback_context(self) -> t.ContextManager[object]:
-        return app_context(self._live_app())
-
-    def cancelled(self, result: TaskResult[t.Any]) -> None:
-        send_cancelled(self._live_app(), result)
-
-    def _live_app(self) -> Flask:
-        app = self._app()
-        if app is None:  # pragma: no cover - a result outlived its app
-            raise UsageError("The app this task belongs to no longer exists.")
-        return app
+#: Stands for "not given" in shutdown()'s deprecated positional arguments.
+_UNSET: t.Any = object()
 
 
 def _open_store(app: Flask, config: _config.Config) -> TaskStore:
@@ -202,13 +85,20 @@ class BGTasks:
     """
 
     def __init__(self, app: Flask | None = None) -> None:
-        self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._apps: weakref.WeakKeyDictionary[Flask, Runtime] = weakref.WeakKeyDictionary()
         self._shutdown_hooks: list[t.Callable[[], object]] = []
-        #: Every task declared with this instance, by name.
         self._tasks: dict[str, Task[..., t.Any]] = {}
         self._authorize: t.Callable[[TaskRecord], bool] | None = None
         if app is not None:
             self.init_app(app)
+
+    @property
+    def tasks(self) -> t.Mapping[str, Task[..., t.Any]]:
+        """Every task declared with this instance, by name (read-only).
+
+        .. versionadded:: 0.2
+        """
+        return types.MappingProxyType(self._tasks)
 
     def init_app(self, app: Flask) -> None:
         """Register the extension with an app: read and check its
@@ -238,29 +128,29 @@ class BGTasks:
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
             app.before_request(check_waitress)
-        state = _AppState(app, config, self._tasks)
-        self._apps[app] = state
+        runtime = Runtime(app, config, _open_store(app, config), self._tasks)
+        self._apps[app] = runtime
         app.extensions["bgtasks"] = self
         from ._cli import cli  # here, so that importing the package stays light
 
         app.cli.add_command(cli)
-        if config.api:
+        if config.api and self._authorize is not None:
             from ._http import make_blueprint
 
-            app.register_blueprint(make_blueprint(self, config.api_prefix))
-        if state.store.shared:
+            app.register_blueprint(make_blueprint(self, self._authorize, config.api_prefix))
+        if runtime.shared:
             # A worker process that serves requests runs tasks, so it takes
             # part in the store's upkeep even before it submits any.
-            app.before_request(state.activate_store)
-            app.after_request(state.flush_store)
+            app.before_request(runtime.activate_store)
+            app.after_request(runtime.flush_store)
         # An app that is gone has no queued tasks (each holds its app), so
         # its idle workers may stop; without this they would wait for the
-        # garbage collector to break the cycle between results and the store.
-        weakref.finalize(app, state.backend.close)
-        weakref.finalize(app, state.store.close)
-        drain_at_exit(self)
+        # garbage collector to break the cycle between tasks and the store.
+        weakref.finalize(app, runtime.backend.close)
+        weakref.finalize(app, runtime.store.close)
+        drain_at_exit(self._drain_at_exit)
 
-    def _get_state(self, app: Flask) -> _AppState:
+    def _runtime(self, app: Flask) -> Runtime:
         try:
             return self._apps[app]
         except KeyError:
@@ -270,59 +160,15 @@ class BGTasks:
             ) from None
 
     @t.overload
-    def task(
-        self,
-        fn: t.Callable[P, R],
-        /,
-        *,
-        name: str | None = ...,
-        pool: str = ...,
-        copy_request: bool = ...,
-        copy_g: t.Iterable[str] = ...,
-        timeout: float | None = ...,
-        durable: bool | None = ...,
-        retries: int = ...,
-        retry_backoff: float = ...,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-        expose_result: bool = ...,
-        expose_error: bool = ...,
-    ) -> Task[P, R]: ...
+    def task(self, fn: t.Callable[P, R], /, **options: t.Unpack[TaskOptionArgs]) -> Task[P, R]: ...
 
     @t.overload
     def task(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = ...,
-        pool: str = ...,
-        copy_request: bool = ...,
-        copy_g: t.Iterable[str] = ...,
-        timeout: float | None = ...,
-        durable: bool | None = ...,
-        retries: int = ...,
-        retry_backoff: float = ...,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-        expose_result: bool = ...,
-        expose_error: bool = ...,
+        self, fn: None = None, /, **options: t.Unpack[TaskOptionArgs]
     ) -> t.Callable[[t.Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self,
-        fn: t.Callable[P, R] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        pool: str = _config.DEFAULT_POOL,
-        copy_request: bool = False,
-        copy_g: t.Iterable[str] = (),
-        timeout: float | None = None,
-        durable: bool | None = None,
-        retries: int = 0,
-        retry_backoff: float = 1.0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-        expose_result: bool = False,
-        expose_error: bool = False,
+        self, fn: t.Callable[P, R] | None = None, /, **options: t.Unpack[TaskOptionArgs]
     ) -> Task[P, R] | t.Callable[[t.Callable[P, R]], Task[P, R]]:
         """Make a function a background task. Use bare or with options.
 
@@ -334,47 +180,18 @@ class BGTasks:
             @bg.task(pool="reports", copy_request=True)
             def export() -> str: ...
 
-        :param name: The name in logs and results; ``module.qualname`` by
-            default.
-        :param pool: The pool it runs on, from ``BGTASKS_POOLS``.
-        :param copy_request: Run it in a read-only copy of the submitting
-            request, so ``request.args`` and external ``url_for`` work.
-        :param copy_g: Names of ``g`` attributes to copy into the task's ``g``.
-        :param timeout: Seconds the task may run. Then it is asked to stop
-            and its result fails with :class:`TaskTimeout`; see
-            :doc:`/shutdown` for what that can and cannot do.
-        :param durable: Keep the task in the store until it has finished, so
-            that it runs again if its process dies (see :doc:`/persistence`).
-            ``None`` follows ``BGTASKS_DURABLE``.
-        :param retries: Run it again up to this many times after it raised
-            one of ``retry_on``.
-        :param retry_backoff: Seconds before the first retry, doubled for
-            each next one, with jitter.
-        :param retry_on: The exception types that are worth a retry.
-        :param expose_result: Let the HTTP API (:doc:`/http`) show the return
-            value; by default it shows only the status.
-        :param expose_error: Let the HTTP API show a failed task's error
-            message and traceback; by default it shows only the type.
+        :param options: The fields of :class:`~flask_bgtasks.TaskOptions`,
+            which says what each one does: ``name``, ``pool``,
+            ``copy_request``, ``copy_g``, ``timeout``, ``durable``,
+            ``retries``, ``retry_backoff``, ``retry_on``, ``expose_result``
+            and ``expose_error``.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
             or an option has the wrong type.
+        :raises TypeError: If an option has an unknown name.
         """
 
         def decorate(fn: t.Callable[P, R]) -> Task[P, R]:
-            task = Task(
-                self,
-                fn,
-                name=name,
-                pool=pool,
-                copy_request=copy_request,
-                copy_g=copy_g,
-                timeout=timeout,
-                durable=durable,
-                retries=retries,
-                retry_backoff=retry_backoff,
-                retry_on=retry_on,
-                expose_result=expose_result,
-                expose_error=expose_error,
-            )
+            task = Task(self._runtime, fn, TaskOptions.for_function(fn, **options))
             # By name, so that a durable task left by a dead process can be
             # found again. The last declaration of a name wins.
             self._tasks[task.name] = task
@@ -397,29 +214,44 @@ class BGTasks:
             a context proxy.
         """
         # Not declared, so a new process could not find it: never durable.
-        return Task(self, fn, durable=False).submit(*args, **kwargs)
+        options = TaskOptions.for_function(fn, durable=False)
+        return Task(self._runtime, fn, options).submit(*args, **kwargs)
 
-    def get(self, task_id: str) -> TaskResult[t.Any] | StoredResult | None:
-        """The task with this id, or ``None`` if the id is unknown or the
-        record expired.
+    def get(self, task_id: str) -> TaskResult[t.Any] | None:
+        """The handle of the task with this id, or ``None`` if the id is
+        unknown or the record expired.
 
-        With the memory store, that is the :class:`TaskResult` of a task
-        submitted to the current app in this process. With a shared store,
-        a :class:`StoredResult` of a task submitted by any process using
-        the same store.
+        With the memory store, a task submitted to the current app in this
+        process. With a shared store, a task submitted by any process using
+        the same store; if it runs in another process, its handle reads the
+        store (see :class:`~flask_bgtasks.TaskResult`).
 
         :raises UsageError: Outside an app context.
+
+        .. versionchanged:: 0.2
+            Always a :class:`~flask_bgtasks.TaskResult`.
         """
         if not isinstance(task_id, str):
             raise TypeError(f"A task id is a string, got {type(task_id).__name__}.")
-        return self._get_state(get_app()).store.get(task_id)
+        return self._runtime(get_app()).get(task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel the task with this id, as :meth:`TaskResult.cancel
+        <flask_bgtasks.TaskResult.cancel>` does, in whichever process holds
+        it; ``False`` if the id is unknown.
+
+        :raises UsageError: Outside an app context.
+
+        .. versionadded:: 0.2
+        """
+        return self._runtime(get_app()).cancel(task_id)
 
     def store(self, app: Flask | None = None) -> TaskStore:
         """The task store of ``app``, by default the current app.
 
         .. versionadded:: 0.1
         """
-        return self._get_state(app if app is not None else get_app()).store
+        return self._runtime(app if app is not None else get_app()).store
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task of any app of this extension is queued or
@@ -436,11 +268,11 @@ class BGTasks:
                 " for the results you need with result() instead."
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        for state in list(self._apps.values()):
+        for runtime in list(self._apps.values()):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not state.backend.join(left):
+            if not runtime.backend.join(left):
                 return False
-            state.store.flush()
+            runtime.store.flush()
         return True
 
     def authorize(self, fn: A) -> A:
@@ -473,6 +305,7 @@ class BGTasks:
         /,
         *,
         pool: str = ...,
+        user: t.Callable[[], t.Any] | None = ...,
         owner: t.Callable[[], t.Any] | None = ...,
     ) -> t.Callable[[V], V]: ...
     def background_view(
@@ -481,6 +314,7 @@ class BGTasks:
         /,
         *,
         pool: str = _config.DEFAULT_POOL,
+        user: t.Callable[[], t.Any] | None = None,
         owner: t.Callable[[], t.Any] | None = None,
     ) -> V | t.Callable[[V], V]:
         """Run a view in the background: the request answers ``202
@@ -501,23 +335,48 @@ class BGTasks:
         result URL answers ``500``.
 
         :param pool: The pool it runs on.
-        :param owner: Called in the request; its value (JSON, such as a user
-            id) is kept on the task's record as ``record.kwargs["owner"]``,
+        :param user: Called in the request; its value (JSON, such as a user
+            id) is kept on the task's record as ``record.kwargs["user"]``,
             so that the authorization callback can let only that user see
             the result. The view does not get it.
+        :param owner: The old name of ``user``, kept on the record as
+            ``record.kwargs["owner"]``; deprecated.
 
         .. code-block:: python
 
             @app.post("/exports")
-            @bg.background_view(owner=lambda: session["user_id"])
+            @bg.background_view(user=lambda: session["user_id"])
             def export(): ...
 
         .. versionadded:: 0.1
+        .. versionchanged:: 0.2
+            ``owner=`` is now ``user=``.
         """
-        from ._http import background_view
+        from ._http import background_view, run_view
+
+        key = "user"
+        if owner is not None:
+            if user is not None:
+                raise TypeError("background_view() takes user= or owner=, not both.")
+            warnings.warn(
+                "background_view(owner=...) is deprecated; use user=..., which the"
+                ' record keeps as record.kwargs["user"].',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            key, user = "owner", owner
 
         def decorate(view: V) -> V:
-            return t.cast(V, background_view(self, view, pool, owner))
+            name = f"{view.__module__}.{view.__qualname__}"
+            task: Task[..., dict[str, t.Any]] = Task(
+                self._runtime,
+                functools.partial(run_view, view, key if user is not None else None),
+                # It runs from the copy of its request, which no store keeps.
+                TaskOptions(name=name, pool=pool, copy_request=True, durable=False),
+                is_view=True,
+            )
+            self._tasks[name] = task
+            return t.cast(V, background_view(task, view, key, user))
 
         if view is None:
             return decorate
@@ -541,130 +400,71 @@ class BGTasks:
         return fn
 
     def shutdown(
-        self, wait: bool = True, timeout: float | None = None, cancel_pending: bool = False
+        self,
+        *args: t.Any,
+        wait: bool = _UNSET,
+        timeout: float | None = _UNSET,
+        cancel_pending: bool = _UNSET,
     ) -> ShutdownSummary:
         """Stop every app's pools: accept no new task (``submit`` then
         raises :class:`ShutdownError`), and with ``wait``, return once the
         accepted tasks are done and the :meth:`on_shutdown` hooks have run.
         Safe to call more than once, from any thread.
 
-        :param wait: Wait for the queued and running tasks.
+        .. code-block:: python
+
+            bg.shutdown(wait=True, timeout=30)
+
+        :param wait: Wait for the queued and running tasks (default ``True``).
         :param timeout: With ``wait``, the most seconds to wait. Then the
             tasks still queued are cancelled and the ones still running are
             asked to stop and ended as ``cancelled``, each with a log line.
         :param cancel_pending: Cancel the queued tasks instead of running them.
         :return: What happened to the tasks that were unfinished.
         :raises UsageError: If called with ``wait`` inside a task.
+
+        .. versionchanged:: 0.2
+            The arguments are keyword-only; positional ones still work, with
+            a :class:`DeprecationWarning`.
         """
+        given: dict[str, t.Any] = {
+            "wait": wait,
+            "timeout": timeout,
+            "cancel_pending": cancel_pending,
+        }
+        if args:
+            if len(args) > 3:
+                raise TypeError(f"shutdown() takes at most 3 arguments, got {len(args)}.")
+            warnings.warn(
+                "Passing shutdown()'s arguments by position is deprecated; name"
+                " them: shutdown(wait=..., timeout=..., cancel_pending=...).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            for name, value in zip(given, args):
+                if given[name] is not _UNSET:
+                    raise TypeError(f"shutdown() got multiple values for argument {name!r}.")
+                given[name] = value
+        wait = True if given["wait"] is _UNSET else bool(given["wait"])
+        timeout = None if given["timeout"] is _UNSET else given["timeout"]
+        cancel = False if given["cancel_pending"] is _UNSET else bool(given["cancel_pending"])
         if wait and running_task.get(None) is not None:
             raise UsageError(
                 "bg.shutdown(wait=True) inside a task would wait for that task"
                 " itself. Call it from the main thread, or with wait=False."
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        plan = [(state, cancel_pending, deadline) for state in list(self._apps.values())]
-        return self._shutdown(plan, wait)
+        plan = [(runtime, cancel, deadline) for runtime in list(self._apps.values())]
+        return shutdown(plan, wait, self._run_shutdown_hooks)
 
     def _drain_at_exit(self) -> None:
-        start = time.monotonic()
-        pid = os.getpid()
-        states = list(self._apps.values())
-        # Nothing submits from here on, in any app, also from an exit handler
-        # or a thread that is still running: an app that never ran a task in
-        # this process (the master of a pre-forking server) is closed too.
-        for state in states:
-            if state.active_pid != pid:
-                state.backend.close()
-        quick = stopping_quickly()
-        plan = [
-            (
-                state,
-                quick or state.config.shutdown_queued == "cancel",
-                start + (0 if quick else state.config.shutdown_timeout),
-            )
-            for state in states
-            if state.active_pid == pid
-        ]
-        pending = [result.id for state, _, _ in plan for result in state.backend.unfinished()]
-        if pending and quick:
-            logger.warning(
-                "Stopping quickly: ending %d background tasks now: %s",
-                len(pending),
-                ", ".join(pending),
-            )
-        elif pending:
-            # Named up front, so that a kill before the deadline (a server's
-            # own timeout, say) still leaves a trace of what was lost.
-            logger.warning(
-                "Draining %d background tasks at exit, for at most %g s: %s",
-                len(pending),
-                max(deadline for _, _, deadline in plan) - start,
-                ", ".join(pending),
-            )
-        with quick_stop_signals():
-            summary = self._shutdown(plan, wait=True, at_exit=True)
-        if summary.cancelled or summary.interrupted:
-            logger.warning(
-                "Background tasks at exit: %d finished, %d cancelled while queued,"
-                " %d interrupted at the deadline.",
-                summary.finished,
-                len(summary.cancelled),
-                len(summary.interrupted),
-            )
-        if summary.released:
-            logger.warning(
-                "Durable background tasks left in the store for the next process: %s",
-                ", ".join(summary.released),
-            )
+        drain(list(self._apps.values()), self._run_shutdown_hooks)
 
-    def _shutdown(
-        self,
-        plan: t.Sequence[tuple[_AppState, bool, float | None]],
-        wait: bool,
-        at_exit: bool = False,
-    ) -> ShutdownSummary:
-        # Each step for every app before the next step, so that all apps
-        # stop accepting work at once and share the time until the deadline.
-        for state, _, _ in plan:
-            state.closing = True
-        unfinished = [result for state, _, _ in plan for result in state.backend.unfinished()]
-        cancelled = [result for state, cancel, _ in plan for result in state.backend.close(cancel)]
-        if not wait:
-            return ShutdownSummary(
-                cancelled=[result.id for result in cancelled if not result.released],
-                released=[result.id for result in cancelled if result.released],
-                unfinished=[result.id for result in unfinished if not result.done()],
-            )
-        interrupted = []
-        for state, _, deadline in plan:
-            # At exit, a quick stop (a second Ctrl-C, say) ends the wait.
-            done = (
-                wait_unless_stopped(state.backend.wait, deadline)
-                if at_exit
-                else state.backend.wait(deadline)
-            )
-            if not done:
-                late_cancelled, late_interrupted = state.backend.interrupt()
-                cancelled += late_cancelled
-                interrupted += late_interrupted
-        for state, _, _ in plan:
-            self._run_shutdown_hooks(state)
-            # Last, so that the tasks' outcomes are written and the upkeep
-            # renewed their leases until they ended.
-            state.store.close()
-        finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
-        return ShutdownSummary(
-            finished=sum(1 for result in unfinished if result.status in finished),
-            cancelled=[result.id for result in cancelled if not result.released],
-            interrupted=[result.id for result in interrupted if not result.released],
-            released=[result.id for result in cancelled + interrupted if result.released],
-        )
-
-    def _run_shutdown_hooks(self, state: _AppState) -> None:
-        if state.hooks_ran or not self._shutdown_hooks:
+    def _run_shutdown_hooks(self, runtime: Runtime) -> None:
+        if runtime.hooks_ran or not self._shutdown_hooks:
             return
-        state.hooks_ran = True
-        with app_context(state._live_app()):
+        runtime.hooks_ran = True
+        with app_context(runtime.app):
             for hook in self._shutdown_hooks:
                 try:
                     hook()

@@ -22,7 +22,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ._errors import UsageError
-from ._result import TaskStatus
+from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
     from ._extension import BGTasks
@@ -41,7 +41,9 @@ EVENTS_POLL = 0.25
 EVENTS_KEEPALIVE = 15.0
 
 
-def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
+def make_blueprint(
+    bg: BGTasks, authorize: t.Callable[[TaskRecord], bool], prefix: str
+) -> Blueprint:
     """The status API for the apps of ``bg``, mounted at ``prefix``."""
     bp = Blueprint("bgtasks_api", __name__, url_prefix=prefix)
 
@@ -50,7 +52,7 @@ def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
         if not _ID.fullmatch(task_id):
             raise _NotFound()
         record = bg.store().record(task_id)
-        if record is None or not _authorized(bg, record):
+        if record is None or not authorize(record):
             raise _NotFound()
         return record
 
@@ -64,7 +66,7 @@ def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
         _check_same_origin()
         record = find(task_id)
         if not record.done():
-            bg.store().cancel(task_id)
+            bg.cancel(task_id)
             record = bg.store().record(task_id) or record
         response = _status_response(bg, record)
         response.status_code = 202
@@ -85,8 +87,8 @@ def make_blueprint(bg: BGTasks, prefix: str) -> Blueprint:
     @bp.get("/<task_id>/result")
     def result(task_id: str) -> Response:
         record = find(task_id)
-        task = bg._tasks.get(record.name)
-        if task is None or not task._view:
+        task = bg.tasks.get(record.name)
+        if task is None or not task.is_view:
             raise _NotFound()
         if not record.done():
             response = _status_response(bg, record)
@@ -136,13 +138,6 @@ def _private(response: Response) -> None:
     response.vary.add("Cookie")
 
 
-def _authorized(bg: BGTasks, record: TaskRecord) -> bool:
-    authorize = bg._authorize
-    if authorize is None:  # pragma: no cover - init_app refuses the API without it
-        return False
-    return bool(authorize(record))
-
-
 def _check_same_origin() -> None:
     """Refuse a state change that a page of another site could have sent.
 
@@ -166,7 +161,7 @@ def _check_same_origin() -> None:
 
 def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
     """What the status API says about a task."""
-    task = bg._tasks.get(record.name)
+    task = bg.tasks.get(record.name)
     body: dict[str, t.Any] = {
         "id": record.id,
         "name": record.name,
@@ -183,7 +178,7 @@ def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
             "events": url_for("bgtasks_api.events", task_id=record.id),
         },
     }
-    if task is not None and task._view:
+    if task is not None and task.is_view:
         body["links"]["result"] = url_for("bgtasks_api.result", task_id=record.id)
     elif (
         record.status is TaskStatus.SUCCEEDED
@@ -237,31 +232,19 @@ def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
 
 
 def background_view(
-    bg: BGTasks,
+    task: Task[..., dict[str, t.Any]],
     view: t.Callable[..., t.Any],
-    pool: str,
-    owner: t.Callable[[], t.Any] | None,
+    key: str,
+    user: t.Callable[[], t.Any] | None,
 ) -> t.Callable[..., t.Any]:
-    """Wrap a view: run it as a task, answer ``202 Accepted`` at once.
+    """Wrap a view: submit ``task``, which runs it, and answer ``202
+    Accepted`` at once.
 
-    With ``owner``, its value in the request is kept on the task's record as
-    ``record.kwargs["owner"]``, for the authorization callback; the view
-    does not get it.
+    With ``user``, its value in the request is kept on the task's record as
+    ``record.kwargs[key]``, for the authorization callback; the view does
+    not get it.
     """
-    from ._task import Task
-
-    name = f"{view.__module__}.{view.__qualname__}"
-    task: Task[..., dict[str, t.Any]] = Task(
-        bg,
-        functools.partial(_run_view, view, owner is not None),
-        name=name,
-        pool=pool,
-        copy_request=True,
-        # It runs from the copy of its request, which no store keeps.
-        durable=False,
-    )
-    task._view = True
-    bg._tasks[name] = task
+    name = task.name
 
     @functools.wraps(view)
     def start(**view_args: t.Any) -> Response:
@@ -271,14 +254,14 @@ def background_view(
                 " the client where its result will be. Set BGTASKS_API = True"
                 " and register an authorization callback with @bg.authorize."
             )
-        if owner is not None:
-            if "owner" in view_args:
+        if user is not None:
+            if key in view_args:
                 raise UsageError(
                     f"The background view {name!r} has a URL variable named"
-                    " 'owner', which is where its record keeps the value of"
-                    " owner=. Rename the variable."
+                    f" {key!r}, which is where its record keeps the value of"
+                    f" {key}=. Rename the variable."
                 )
-            view_args = {**view_args, "owner": owner()}
+            view_args = {**view_args, key: user()}
         result = task.submit(**view_args)
         status_url = url_for("bgtasks_api.status", task_id=result.id)
         response = jsonify(
@@ -294,11 +277,12 @@ def background_view(
     return start
 
 
-def _run_view(view: t.Callable[..., t.Any], owned: bool, **view_args: t.Any) -> dict[str, t.Any]:
-    # Runs in the task, in a request context made from the copy of the
-    # request: the view sees its URL, arguments, headers and body.
-    if owned:
-        del view_args["owner"]  # for the record only
+def run_view(view: t.Callable[..., t.Any], key: str | None, **view_args: t.Any) -> dict[str, t.Any]:
+    """Run a background view in its task, in a request context made from
+    the copy of the request: the view sees its URL, arguments, headers and
+    body. Its response becomes the task's JSON value."""
+    if key is not None:
+        del view_args[key]  # for the record only
     try:
         rv = view(**view_args)
     except HTTPException as exc:  # abort(404) and friends, as in a request

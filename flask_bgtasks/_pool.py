@@ -5,10 +5,12 @@ Written after CPython's ``concurrent.futures.thread``: a lock-free
 ``None`` sentinel stops the workers; they hold only a weak reference to their
 pool, so a forgotten pool does not keep its threads alive.
 
-The accepted, unfinished tasks are kept in a set. Submitters add to it under
+It queues task messages and hands each to the ``run`` function it was given;
+what a task is, and how it ends, is not its business. The ids of the
+accepted, unfinished messages are kept in a set. Submitters add to it under
 the pool's lock; workers discard from it without taking any lock (set
-operations are atomic), because a lock taken by every worker after every task
-is contended by the submitters and costs more than the task itself.
+operations are atomic), because a lock taken by every worker after every
+task is contended by the submitters and costs more than the task itself.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import weakref
 from queue import Empty, SimpleQueue
 
 from ._errors import QueueFull, ShutdownError
+from ._message import TaskMessage
 from ._process import ProcessLocal
-from ._result import TaskResult, logger
 
 
 class _Retire:
@@ -31,23 +33,31 @@ class _Retire:
 
 
 _RETIRE = _Retire()
-_Queue = SimpleQueue[TaskResult[t.Any] | _Retire | None]
+_Queue = SimpleQueue[TaskMessage | _Retire | None]
 _pool_numbers = itertools.count()
 
 
 class WorkerPool(ProcessLocal):
-    """Run :class:`TaskResult` jobs on at most ``max_workers`` threads.
+    """Run task messages on at most ``max_workers`` threads.
 
     :param name: Used in the worker threads' names: ``bgtasks-<name>-<n>``.
     :param max_workers: Most threads that run tasks at once.
     :param queue_size: Most tasks that may wait for a free worker, or
         ``None`` for no limit.
+    :param run: Runs one message in the calling worker thread.
     """
 
-    def __init__(self, name: str, max_workers: int, queue_size: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        max_workers: int,
+        queue_size: int | None,
+        run: t.Callable[[TaskMessage], None],
+    ) -> None:
         self.name = name
         self.max_workers = max_workers
         self.queue_size = queue_size
+        self.run = run
         # Accepted but unfinished tasks are at most the running ones plus a
         # full queue.
         self._capacity = math.inf if queue_size is None else max_workers + queue_size
@@ -59,18 +69,24 @@ class WorkerPool(ProcessLocal):
         self._idle = threading.Condition(self._lock)
         self._queue: _Queue = SimpleQueue()
         self._threads: list[threading.Thread] = []
-        # About one token per worker that waits for a task, as in CPython's
-        # ThreadPoolExecutor: a submit that takes one leaves the task to
-        # that worker instead of starting a new thread.
-        self._idle_workers = threading.Semaphore(0)
-        self._in_flight: set[TaskResult[t.Any]] = set()
+        # About one token per worker that waits for a task, as the semaphore
+        # of CPython's ThreadPoolExecutor: a submit that takes one leaves the
+        # task to that worker instead of starting a new thread. A list, whose
+        # append() and pop() are atomic, costs a fraction of a Semaphore.
+        self._idle_tokens: list[None] = []
+        self._in_flight: set[str] = set()
         self._joiners = 0
         self._closed = False
         # Set at the shutdown deadline: from then on workers start nothing.
         self._past_deadline = threading.Event()
 
-    def submit(self, result: TaskResult[t.Any]) -> None:
-        """Queue a result whose job is set. Never blocks.
+    @property
+    def idle_workers(self) -> int:
+        """About how many workers wait for a task now."""
+        return len(self._idle_tokens)
+
+    def submit(self, message: TaskMessage) -> None:
+        """Queue a message. Never blocks.
 
         :raises QueueFull: If ``queue_size`` tasks are already waiting.
         :raises ShutdownError: After :meth:`close`.
@@ -89,12 +105,13 @@ class WorkerPool(ProcessLocal):
                     " or raise BGTASKS_QUEUE_SIZE or BGTASKS_MAX_WORKERS (or the"
                     " pool's entry in BGTASKS_POOLS)."
                 )
-            self._in_flight.add(result)
-            self._queue.put(result)
-            if self._idle_workers.acquire(blocking=False):
-                return
-            if len(self._threads) < self.max_workers:
-                self._start_worker()
+            self._in_flight.add(message.id)
+            self._queue.put(message)
+            try:
+                self._idle_tokens.pop()
+            except IndexError:
+                if len(self._threads) < self.max_workers:
+                    self._start_worker()
 
     def _start_worker(self) -> None:
         queue = self._queue
@@ -105,7 +122,7 @@ class WorkerPool(ProcessLocal):
 
         thread = threading.Thread(
             target=_work,
-            args=(weakref.ref(self, wake), queue, self._idle_workers, self._past_deadline),
+            args=(weakref.ref(self, wake), queue, self._idle_tokens, self._past_deadline),
             name=f"bgtasks-{self.name}-{self._number}_{len(self._threads)}",
             # Daemon threads, so that a stuck task can't keep the process
             # alive; draining at exit is the shutdown's job.
@@ -125,25 +142,20 @@ class WorkerPool(ProcessLocal):
             for _ in self._threads:
                 self._queue.put(_RETIRE)
 
-    def _retire(self, thread: threading.Thread) -> None:
+    def retire(self, thread: threading.Thread) -> None:
+        """A worker took a retire token and exits."""
         with self._lock:
             if thread in self._threads:
                 self._threads.remove(thread)
 
-    def _task_done(self, result: TaskResult[t.Any]) -> None:
-        self._in_flight.discard(result)
+    def task_done(self, task_id: str) -> None:
+        """A worker is done with a message."""
+        self._in_flight.discard(task_id)
         # A joiner counts itself under the lock before it looks at the set,
         # so if it is waiting, it is counted by now and this wakes it.
         if self._joiners and not self._in_flight:
             with self._idle:
                 self._idle.notify_all()
-
-    def unfinished(self) -> list[TaskResult[t.Any]]:
-        """The accepted tasks that have not finished yet."""
-        self._check_process()
-        # A task cancelled while queued stays in the set until a worker
-        # takes it off the queue, which after the deadline never happens.
-        return [result for result in list(self._in_flight) if not result.done()]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until no task is queued or running.
@@ -158,21 +170,22 @@ class WorkerPool(ProcessLocal):
             finally:
                 self._joiners -= 1
 
-    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
         """Stop accepting tasks; the workers exit once the queue is empty.
 
         Safe to call more than once, from any thread.
 
-        :param cancel_pending: Cancel the queued tasks instead of running them.
-        :return: The tasks it cancelled.
+        :param cancel_pending: Take the queued messages off the queue
+            instead of running them.
+        :return: The messages it took off the queue.
         """
         self._check_process()
         with self._lock:
             self._closed = True
-        cancelled = self._cancel_queued() if cancel_pending else []
+        dropped = self._drop_queued() if cancel_pending else []
         # One sentinel; each worker puts it back for the next before exiting.
         self._queue.put(None)
-        return cancelled
+        return dropped
 
     def wait(self, deadline: float | None = None) -> bool:
         """After :meth:`close`, wait for the workers to exit.
@@ -186,81 +199,55 @@ class WorkerPool(ProcessLocal):
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
 
-    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
-        """At the shutdown deadline: cancel the tasks still queued and end
-        the ones still running (see :meth:`TaskResult._interrupt`).
-
-        :return: The cancelled and the interrupted tasks.
-        """
-        # First stop the workers from starting queued tasks, or a worker that
-        # is freed while this runs would start one after the deadline.
+    def stop(self) -> None:
+        """At the shutdown deadline: start no more queued messages. They
+        stay in the queue; whoever submitted them cancels them."""
         self._past_deadline.set()
-        cancelled: list[TaskResult[t.Any]] = []
-        interrupted: list[TaskResult[t.Any]] = []
-        for result in self.unfinished():
-            if result._cancel_queued(shutdown=True):
-                _log_cancelled(result, "was still queued at the shutdown deadline")
-                cancelled.append(result)
-            elif result._interrupt():
-                interrupted.append(result)
-        return cancelled, interrupted
 
-    def _cancel_queued(self) -> list[TaskResult[t.Any]]:
-        cancelled: list[TaskResult[t.Any]] = []
+    def _drop_queued(self) -> list[TaskMessage]:
+        dropped: list[TaskMessage] = []
         while True:
             try:
-                result = self._queue.get_nowait()
+                message = self._queue.get_nowait()
             except Empty:
-                return cancelled
-            if result is None or isinstance(result, _Retire):
-                continue
-            if result._cancel_queued(shutdown=True):
-                _log_cancelled(result, "was queued at shutdown")
-                cancelled.append(result)
-            self._task_done(result)
-
-
-def _log_cancelled(result: TaskResult[t.Any], when: str) -> None:
-    if result.released:
-        then = "was left in the store for the next process to run"
-    else:
-        then = "was cancelled"
-    logger.warning("Task %r (id %s) %s and %s.", result.name, result.id, when, then)
+                return dropped
+            if isinstance(message, TaskMessage):
+                dropped.append(message)
+                self.task_done(message.id)
 
 
 def _work(
     pool_ref: weakref.ref[WorkerPool],
     queue: _Queue,
-    idle_workers: threading.Semaphore,
+    idle_tokens: list[None],
     past_deadline: threading.Event,
 ) -> None:
     while True:
         try:
-            result = queue.get_nowait()
+            message = queue.get_nowait()
         except Empty:
             # Nothing to do: count this worker as idle while it waits, and
-            # take the token back once it has a task, unless the submitter of
-            # that task took it already. So the tokens follow the idle workers
-            # closely, and a busy worker is never counted as idle for long.
-            idle_workers.release()
-            result = queue.get()
-            idle_workers.acquire(blocking=False)
-        if result is None:
+            # take a token back once it has a task, unless the submitter of
+            # that task took one already. So the tokens follow the idle
+            # workers closely, and a busy worker is never counted for long.
+            idle_tokens.append(None)
+            message = queue.get()
+            try:
+                idle_tokens.pop()
+            except IndexError:
+                pass
+        if message is None:
             queue.put(None)
             return
-        if isinstance(result, _Retire):
-            pool = pool_ref()
-            if pool is not None:
-                pool._retire(threading.current_thread())
-            return
-        if past_deadline.is_set():
-            # Left in the in-flight set, where interrupt() cancels it.
-            continue
-        job = result._claim()
-        if job is not None:
-            result._run(job)
         pool = pool_ref()
         if pool is None:
             return
-        pool._task_done(result)
-        del result, job, pool
+        if isinstance(message, _Retire):
+            pool.retire(threading.current_thread())
+            return
+        if not past_deadline.is_set():
+            pool.run(message)
+            pool.task_done(message.id)
+        # Past the deadline, a message stays in the in-flight set: whoever
+        # submitted it cancels it.
+        del message, pool

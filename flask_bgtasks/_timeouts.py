@@ -12,23 +12,22 @@ import itertools
 import threading
 import time
 import typing as t
-from concurrent.futures import Future
 
 from ._process import ProcessLocal
 
 if t.TYPE_CHECKING:
-    from ._result import TaskResult
+    from ._execution import Execution
 
 
 class Watchdog(ProcessLocal):
-    """Call ``result._time_out()`` on each watched result still running at
-    its deadline."""
+    """Call :meth:`~._execution.Execution.time_out` on each watched task
+    still running at its deadline."""
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         # (deadline, tie-breaker, result), earliest first.
-        self._heap: list[tuple[float, int, TaskResult[t.Any]]] = []
+        self._heap: list[tuple[float, int, Execution]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         # Between _before_fork() and _after_fork_in_parent().
@@ -56,20 +55,19 @@ class Watchdog(ProcessLocal):
             self._thread = threading.Thread(target=self._run, name="bgtasks-timeouts", daemon=True)
             self._thread.start()
 
-    def watch(self, result: TaskResult[t.Any], seconds: float) -> None:
-        """End ``result`` if it is still running ``seconds`` from now."""
+    def watch(self, execution: Execution, seconds: float) -> None:
+        """End ``execution`` if it is still running ``seconds`` from now."""
         self._check_process()
         with self._lock:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), result))
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), execution))
             if self._thread is None:
                 self._start()
             else:
                 self._changed.notify()
-        # Future's own method: bookkeeping that needs no app context. A task
-        # that finishes early wakes the thread, which can then exit.
-        Future.add_done_callback(result, self._finished)
 
-    def _finished(self, result: Future[t.Any]) -> None:
+    def finished(self) -> None:
+        """A watched task's run is over: the thread looks again, and exits
+        if it has nothing left to watch."""
         with self._lock:
             self._changed.notify()
 
@@ -80,7 +78,7 @@ class Watchdog(ProcessLocal):
                     self._thread = None
                     return
                 # Finished tasks need no watching: drop them.
-                self._heap = [entry for entry in self._heap if not entry[2].done()]
+                self._heap = [entry for entry in self._heap if not entry[2].ended]
                 heapq.heapify(self._heap)
                 now = time.monotonic()
                 expired = []
@@ -92,8 +90,8 @@ class Watchdog(ProcessLocal):
                         return
                     self._changed.wait(self._heap[0][0] - now)
                     continue
-            for result in expired:
-                result._time_out()
+            for execution in expired:
+                execution.time_out()
 
 
 watchdog = Watchdog()

@@ -201,7 +201,7 @@ def test_show_succeeded(app: Flask, bg: BGTasks, runner: FlaskCliRunner) -> None
         "attempt:          1",
         "cancel requested: no",
     ]
-    assert lines[11].startswith("owner:            ") and lines[11] != "owner:            -"
+    assert lines[11].startswith("process:          ") and lines[11] != "process:          -"
     assert task.started_at is not None and task.finished_at is not None
     times = [
         at.astimezone().isoformat(" ", "milliseconds")

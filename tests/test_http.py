@@ -1266,18 +1266,18 @@ def test_other_app_cancels_a_running_task(
 
 
 @both_stores
-def test_background_view_owner_lets_only_that_user_see_the_result(
+def test_background_view_user_lets_only_that_user_see_the_result(
     make_app: t.Callable[..., Flask], bg: BGTasks, store: str
 ) -> None:
     @bg.authorize
     def same_user(record: TaskRecord) -> bool:
         user = flask.session.get("user")
-        return user is not None and user == (record.kwargs or {}).get("owner")
+        return user is not None and user == (record.kwargs or {}).get("user")
 
     app = make_app(BGTASKS_API=True, BGTASKS_STORE=store, SECRET_KEY="test")
 
     @app.post("/exports/<kind>")
-    @bg.background_view(owner=lambda: flask.session.get("user"))
+    @bg.background_view(user=lambda: flask.session.get("user"))
     def export(kind: str) -> str:
         return f"{kind} export for {flask.session.get('user')}"
 
@@ -1299,16 +1299,37 @@ def test_background_view_owner_lets_only_that_user_see_the_result(
     assert bob.get(started["status_url"]).status_code == 404
 
 
-def test_background_view_owner_and_a_url_variable_named_owner(
+def test_background_view_user_and_a_url_variable_named_user(
     make_api_app: t.Callable[..., Flask], bg: BGTasks
 ) -> None:
     app = make_api_app()
     app.config["PROPAGATE_EXCEPTIONS"] = True
 
-    @app.post("/by/<owner>")
-    @bg.background_view(owner=lambda: "someone")
-    def by(owner: str) -> str:
-        return owner
+    @app.post("/by/<user>")
+    @bg.background_view(user=lambda: "someone")
+    def by(user: str) -> str:
+        return user
 
-    with pytest.raises(UsageError, match="URL variable named 'owner'"):
+    with pytest.raises(UsageError, match="URL variable named 'user'"):
         app.test_client().post("/by/x")
+
+
+def test_background_view_owner_is_the_deprecated_name_of_user(
+    make_api_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    app = make_api_app()
+
+    with pytest.warns(DeprecationWarning, match="use user="):
+
+        @app.post("/old")
+        @bg.background_view(owner=lambda: "someone")
+        def old() -> str:
+            return "done"
+
+    started = app.test_client().post("/old").get_json()
+    assert bg.join(5)
+    with app.app_context():
+        record = bg.store().record(started["id"])
+    assert record is not None and record.kwargs == {"owner": "someone"}
+    with pytest.raises(TypeError, match="user= or owner=, not both"):
+        bg.background_view(user=lambda: 1, owner=lambda: 2)

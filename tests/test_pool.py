@@ -186,10 +186,10 @@ def test_an_idle_worker_is_reused_before_a_thread_starts(
     # The pool's count of idle workers is private: a worker counts itself
     # idle a moment after the task's result is out, and the test waits for
     # that moment, which the public API does not show, before each submit.
-    pool = bg._get_state(app).backend.pools["default"]  # type: ignore[attr-defined]
+    pool = bg._runtime(app).backend.pools["default"]  # type: ignore[attr-defined]
 
     def idle() -> bool:
-        return bool(pool._idle_workers._value)
+        return bool(pool.idle_workers)
 
     names = set()
     with app.app_context():

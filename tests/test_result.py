@@ -236,6 +236,4 @@ def test_repr(app: Flask, bg: BGTasks) -> None:
     with app.app_context():
         result = bg.submit(int)
     result.result(5)
-    assert repr(result) == "<TaskResult 'builtins.int' succeeded>"  # no id made yet
-    task_id = result.id
-    assert repr(result) == f"<TaskResult 'builtins.int' id={task_id} succeeded>"
+    assert repr(result) == f"<TaskResult 'builtins.int' id={result.id} succeeded>"

@@ -78,7 +78,7 @@ def look_up(server: Server, task_id: str, query: str = "") -> Answer:
     """Ask whichever worker answers for the task's record; never a 404."""
     status, body, _ = server.request(f"/tasks/{task_id}{query}")
     assert status == 200, f"The lookup of task {task_id} answered {status}: {body}"
-    assert body["id"] == task_id and body["stored_type"] == "StoredResult", body
+    assert body["id"] == task_id and body["stored_type"] == "TaskResult", body
     return t.cast(Answer, body)
 
 

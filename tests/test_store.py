@@ -5,27 +5,39 @@ import typing as t
 import pytest
 from flask import Flask
 
-from flask_bgtasks import BGTasks, ConfigError, ConfigTypeError, TaskResult
+from flask_bgtasks import BGTasks, ConfigError, ConfigTypeError, TaskOptions, TaskResult, TaskStatus
+from flask_bgtasks._execution import Execution
+from flask_bgtasks._message import TaskMessage
 from flask_bgtasks.stores.memory import MemoryStore
 
 
-def noop_job(result: TaskResult[t.Any]) -> None:
-    result._succeed(None)
+def queued(store: MemoryStore, task_id: str) -> Execution:
+    """A task of this process, kept by the store, not run by anyone."""
+    message = TaskMessage(task_id, "t", "default", (), {}, TaskOptions(name="t"), False, 0.0)
+    execution = Execution(message, int, None, None)
+    store.keep(task_id, execution.handle)
+    return execution
 
 
-def finished(store: MemoryStore, name: str) -> TaskResult[t.Any]:
-    result: TaskResult[t.Any] = TaskResult(name, noop_job)
-    store.register(name, result)
-    result._run(result._claim())  # type: ignore[arg-type]
-    return result
+def finish(store: MemoryStore, execution: Execution) -> None:
+    """End it, and tell the store, as the runtime does."""
+    assert execution.claim()
+    assert execution.end(TaskStatus.SUCCEEDED, None)
+    store.finished(execution.snapshot())
+
+
+def finished(store: MemoryStore, task_id: str) -> TaskResult[t.Any]:
+    execution = queued(store, task_id)
+    finish(store, execution)
+    return execution.handle
 
 
 def test_max_results_evicts_oldest_finished_first() -> None:
     store = MemoryStore(ttl=None, max_results=2)
     first, second, third = (finished(store, name) for name in ("a", "b", "c"))
-    assert store.get("a") is None
-    assert store.get("b") is second
-    assert store.get("c") is third
+    assert store.handle("a") is None
+    assert store.handle("b") is second
+    assert store.handle("c") is third
     assert len(store) == 2
     del first
 
@@ -33,26 +45,25 @@ def test_max_results_evicts_oldest_finished_first() -> None:
 def test_ttl_expires_finished_records() -> None:
     store = MemoryStore(ttl=0, max_results=100)
     finished(store, "a")
-    assert store.get("a") is None
+    assert store.handle("a") is None
     assert len(store) == 0
 
 
 def test_unfinished_records_are_never_evicted() -> None:
     store = MemoryStore(ttl=0, max_results=0)
-    queued: TaskResult[t.Any] = TaskResult("q", noop_job)
-    store.register("q", queued)
+    waiting = queued(store, "q")
     finished(store, "done")
-    assert store.get("q") is queued
-    assert store.get("done") is None
-    queued.cancel()
-    assert store.get("q") is None  # finished now, so the policy applies
+    assert store.handle("q") is waiting.handle
+    assert store.handle("done") is None
+    finish(store, waiting)
+    assert store.handle("q") is None  # finished now, so the policy applies
 
 
 def test_memory_stays_bounded_after_100000_tasks(
     make_app: t.Callable[..., Flask], bg: BGTasks
 ) -> None:
     app = make_app(BGTASKS_MAX_WORKERS=2, BGTASKS_MAX_RESULTS=500, BGTASKS_QUEUE_SIZE=5000)
-    store = bg._get_state(app).store
+    store = bg.store(app)
     first_ids: list[str] = []
     with app.app_context():
         for batch in range(20):
@@ -73,9 +84,9 @@ class CountingStore(MemoryStore):
         self.app_name = app.name
         self.registered = 0
 
-    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
+    def keep(self, task_id: str, handle: TaskResult[t.Any]) -> None:
         self.registered += 1
-        super().register(task_id, result)
+        super().keep(task_id, handle)
 
 
 def counting_store(app: Flask) -> CountingStore:

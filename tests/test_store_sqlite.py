@@ -442,7 +442,7 @@ def test_max_results_keeps_the_newest(
         results = [bg.submit(int) for _ in range(10)]
         bg.join(10)
     bg.store(app).upkeep()  # type: ignore[attr-defined]
-    newest = sorted(results, key=lambda result: result._finished or 0)[-3:]
+    newest = sorted(results, key=lambda result: result.finished_at.timestamp())[-3:]  # type: ignore[union-attr]
     assert set(rows(db)) == {result.id for result in newest}
     assert len(bg.store(app)) == 3
 

@@ -21,7 +21,7 @@ from datetime import datetime
 
 from flask import Flask, Response, current_app, jsonify, request, url_for
 
-from flask_bgtasks import BGTasks, StoredResult, TaskRecord, TaskResult, TaskStatus, current_task
+from flask_bgtasks import BGTasks, TaskRecord, TaskResult, TaskStatus, current_task
 
 bg = BGTasks()
 
@@ -51,12 +51,12 @@ def count_steps(steps: int) -> int:
     return steps
 
 
-def find_task(task_id: str) -> TaskResult[t.Any] | StoredResult | None:
+def find_task(task_id: str) -> TaskResult[t.Any] | None:
     """The task with this id, from whichever worker submitted it, or ``None``."""
     if not TASK_ID.fullmatch(task_id):
         return None
-    # A StoredResult with the SQLite store; with the memory store, the
-    # TaskResult of this process. Both have record() and cancel().
+    # The handle of a task of this worker, or, with the SQLite store, of
+    # any worker, read from the store. Both have record() and cancel().
     return bg.get(task_id)
 
 

@@ -1,10 +1,13 @@
-"""How tasks are executed. A backend receives results whose job is set.
+"""How tasks are executed: a backend receives task messages and runs each
+with the run function it was given.
 
 Two backends ship: :class:`~flask_bgtasks.backends.threads.ThreadBackend`
 (the default: bounded thread pools) and
 :class:`~flask_bgtasks.backends.eager.EagerBackend` (``BGTASKS_EAGER``: run
-each task inside ``submit``, for tests). A backend never touches Flask; the
-job it is handed already carries the app and knows how to enter its context.
+each task inside ``submit``, for tests). A backend never touches Flask, nor
+the handles of the tasks: it moves :class:`~flask_bgtasks.TaskMessage`
+values to wherever ``run`` is called, and says when its workers are idle or
+gone. See :doc:`/architecture` for how to write one.
 """
 
 from __future__ import annotations
@@ -16,54 +19,63 @@ from .._errors import UsageError
 
 if t.TYPE_CHECKING:
     from .._config import PoolConfig
-    from .._result import TaskResult
+    from .._message import TaskMessage
+
+#: Runs one message in the calling thread, from its first attempt to its end.
+Run = t.Callable[["TaskMessage"], None]
 
 
 class Backend(abc.ABC):
-    """The interface between the extension and what runs the tasks.
+    """The interface between an app's runtime and what runs its tasks.
 
     :param pools: The validated pool settings, by pool name.
     :param name: A label for this app's backend, used in thread names.
+    :param run: Called with each message, in the thread that runs it.
+
+    .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        It receives messages and a ``run`` function, not live results.
     """
 
-    def __init__(self, pools: t.Mapping[str, PoolConfig], name: str) -> None:
+    def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
         self.pool_names = frozenset(pools)
         self.name = name
+        self.run = run
 
     @abc.abstractmethod
-    def submit(self, result: TaskResult[t.Any], pool: str) -> None:
-        """Accept a task into the named pool, or raise without side effects.
+    def submit(self, message: TaskMessage) -> None:
+        """Accept a message into its pool, ``message.pool``, or raise
+        without side effects.
 
         :raises QueueFull: If the pool has no room.
-        :raises ShutdownError: After :meth:`shutdown`.
+        :raises ShutdownError: After :meth:`close`.
         :raises UsageError: If there is no pool with that name.
         """
 
     @abc.abstractmethod
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until no task is queued or running; ``False`` at the timeout."""
+        """Wait until no message is queued or running; ``False`` at the
+        timeout."""
+
+    # Shutdown comes in three steps, so that every app's backend can be
+    # taken through each step together, under one deadline.
 
     @abc.abstractmethod
-    def unfinished(self) -> list[TaskResult[t.Any]]:
-        """The accepted tasks that have not finished."""
-
-    # Shutdown comes in three steps, so that the extension can take every
-    # app's backend through each step together, under one deadline.
-
-    @abc.abstractmethod
-    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
-        """Accept no more tasks; with ``cancel_pending``, cancel the queued
-        ones and return them. Safe to call more than once."""
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
+        """Accept no more messages; with ``cancel_pending``, take the queued
+        ones off the queue and return them, to be cancelled. Safe to call
+        more than once."""
 
     @abc.abstractmethod
     def wait(self, deadline: float | None = None) -> bool:
-        """After :meth:`close`, wait until the accepted tasks are done, until
-        the :func:`time.monotonic` ``deadline``; ``True`` if they are."""
+        """After :meth:`close`, wait until the accepted messages have run
+        and the workers are gone, until the :func:`time.monotonic`
+        ``deadline``; ``True`` if they are."""
 
     @abc.abstractmethod
-    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
-        """At the deadline: cancel what is queued, end what is running.
-        Returns the cancelled and the interrupted tasks."""
+    def stop(self) -> None:
+        """At the deadline: start none of the messages still queued. The
+        runtime then cancels them, and ends the running ones."""
 
     def unknown_pool(self, pool: str) -> UsageError:
         """The error for a task that names a pool this app does not have."""

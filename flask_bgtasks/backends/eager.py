@@ -8,44 +8,40 @@ from .._errors import ShutdownError
 from . import Backend
 
 if t.TYPE_CHECKING:
-    from .._result import TaskResult
+    from .._message import TaskMessage
 
 
 class EagerBackend(Backend):
     """Run every task at once in the submitting thread.
 
     The task still gets a fresh app context and a fresh :mod:`contextvars`
-    context, and ``submit`` still returns a :class:`TaskResult`, finished.
-    Meant for your own tests: no threads, no waiting, exceptions stored on
-    the result exactly as in production.
+    context through the same run function, and ``submit`` still returns a
+    :class:`~flask_bgtasks.TaskResult`, finished. Meant for your own tests:
+    no threads, no waiting, exceptions stored on the result exactly as in
+    production.
     """
 
     _closed = False
 
-    def submit(self, result: TaskResult[t.Any], pool: str) -> None:
-        if pool not in self.pool_names:
-            raise self.unknown_pool(pool)
+    def submit(self, message: TaskMessage) -> None:
+        if message.pool not in self.pool_names:
+            raise self.unknown_pool(message.pool)
         if self._closed:
             raise ShutdownError(
                 f"{self.name!r} is shut down and accepts no new tasks."
                 " Submit before shutdown(), or create a new app."
             )
-        job = result._claim()
-        if job is not None:
-            result._run(job)
+        self.run(message)
 
     def join(self, timeout: float | None = None) -> bool:
         return True
 
-    def unfinished(self) -> list[TaskResult[t.Any]]:
-        return []
-
-    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
         self._closed = True
         return []
 
     def wait(self, deadline: float | None = None) -> bool:
         return True
 
-    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
-        return [], []
+    def stop(self) -> None:
+        pass

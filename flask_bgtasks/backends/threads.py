@@ -6,11 +6,11 @@ import time
 import typing as t
 
 from .._pool import WorkerPool
-from . import Backend
+from . import Backend, Run
 
 if t.TYPE_CHECKING:
     from .._config import PoolConfig
-    from .._result import TaskResult
+    from .._message import TaskMessage
 
 
 class ThreadBackend(Backend):
@@ -20,19 +20,19 @@ class ThreadBackend(Backend):
     pre-forking server or a CLI command that submits nothing starts none.
     """
 
-    def __init__(self, pools: t.Mapping[str, PoolConfig], name: str) -> None:
-        super().__init__(pools, name)
+    def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
+        super().__init__(pools, name, run)
         self.pools = {
-            pool: WorkerPool(f"{name}-{pool}", config.max_workers, config.queue_size)
+            pool: WorkerPool(f"{name}-{pool}", config.max_workers, config.queue_size, run)
             for pool, config in pools.items()
         }
 
-    def submit(self, result: TaskResult[t.Any], pool: str) -> None:
+    def submit(self, message: TaskMessage) -> None:
         try:
-            worker_pool = self.pools[pool]
+            worker_pool = self.pools[message.pool]
         except KeyError:
-            raise self.unknown_pool(pool) from None
-        worker_pool.submit(result)
+            raise self.unknown_pool(message.pool) from None
+        worker_pool.submit(message)
 
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -42,20 +42,12 @@ class ThreadBackend(Backend):
                 return False
         return True
 
-    def unfinished(self) -> list[TaskResult[t.Any]]:
-        return [result for pool in self.pools.values() for result in pool.unfinished()]
-
-    def close(self, cancel_pending: bool = False) -> list[TaskResult[t.Any]]:
-        return [result for pool in self.pools.values() for result in pool.close(cancel_pending)]
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
+        return [message for pool in self.pools.values() for message in pool.close(cancel_pending)]
 
     def wait(self, deadline: float | None = None) -> bool:
         return all([pool.wait(deadline) for pool in self.pools.values()])
 
-    def interrupt(self) -> tuple[list[TaskResult[t.Any]], list[TaskResult[t.Any]]]:
-        cancelled: list[TaskResult[t.Any]] = []
-        interrupted: list[TaskResult[t.Any]] = []
+    def stop(self) -> None:
         for pool in self.pools.values():
-            pool_cancelled, pool_interrupted = pool.interrupt()
-            cancelled += pool_cancelled
-            interrupted += pool_interrupted
-        return cancelled, interrupted
+            pool.stop()

@@ -6,8 +6,8 @@ default: this process's memory, fastest) and
 every process that opens it, which also makes durable tasks possible). A
 store never touches Flask.
 
-A store is told about each step of a task's life by the results it records
-(through the app's state, their owner), and answers lookups by id.
+A store is told about each step of a task's life with a snapshot, and
+answers lookups by id with records.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from .._errors import ConfigError, ConfigTypeError
 if t.TYPE_CHECKING:
     from flask import Flask
 
-    from .._record import StoredResult, TaskRecord
-    from .._result import TaskResult, TaskStatus
+    from .._message import TaskSnapshot
+    from .._record import TaskRecord, TaskStatus
+    from .._result import TaskResult
 
 #: The default of ``BGTASKS_MAX_PAYLOAD_BYTES``: 1 MiB.
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -39,14 +40,19 @@ TaskNames = t.Callable[[], t.Collection[str]]
 class TaskStore(abc.ABC):
     """The interface of a task store.
 
-    The hooks named after a step of a task's life (:meth:`add`,
-    :meth:`started`, :meth:`changed`, :meth:`finished`) are called in the
-    thread where the step happens; a store that needs no bookkeeping for a
-    step inherits the empty method.
+    The runtime tells a store about each step of a task's life with an
+    immutable :class:`~flask_bgtasks.TaskSnapshot` (:meth:`add`,
+    :meth:`started`, :meth:`changed`, :meth:`finished`), in the thread where
+    the step happens; a store that needs no bookkeeping for a step inherits
+    the empty method. A store answers lookups with
+    :class:`~flask_bgtasks.TaskRecord` values.
+
+    .. versionchanged:: 0.2
+        The hooks receive snapshots, not live results.
     """
 
     #: ``True`` if other processes see the records. Every task is then
-    #: recorded when it is submitted, and looked up as a :class:`~flask_bgtasks.StoredResult`.
+    #: recorded when it is submitted, and told about every change.
     shared: t.ClassVar[bool] = False
 
     def activate(self, recover: Recover, task_names: TaskNames) -> None:
@@ -58,23 +64,17 @@ class TaskStore(abc.ABC):
         :param task_names: The durable tasks this process can take over.
         """
 
-    def add(
-        self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
-    ) -> None:
+    def add(self, snapshot: TaskSnapshot) -> None:
         """A task was submitted. A shared store records it now.
 
         :raises PayloadTooLarge: If the store can't keep the arguments;
             then it wrote nothing, and the task is not queued.
         """
 
-    def discard(self, result: TaskResult[t.Any]) -> None:
+    def discard(self, task_id: str) -> None:
         """Undo :meth:`add`: the task was refused (its queue was full)."""
 
-    @abc.abstractmethod
-    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
-        """Make a result of this process findable by its id, made now."""
-
-    def started(self, result: TaskResult[t.Any]) -> bool:
+    def started(self, snapshot: TaskSnapshot) -> bool:
         """A worker is about to start an attempt of the task.
 
         :return: ``False`` if the task must not run: it was cancelled, or
@@ -82,14 +82,15 @@ class TaskStore(abc.ABC):
         """
         return True
 
-    def changed(self, result: TaskResult[t.Any]) -> None:
-        """The task's progress, cancel request or errors changed."""
+    def changed(self, snapshot: TaskSnapshot) -> None:
+        """The task's progress, cancel request or errors changed, or it
+        waits for a retry."""
 
-    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+    def check_value(self, snapshot: TaskSnapshot, value: object) -> BaseException | None:
         """The task returned ``value``: the error to fail it with if this
         store can't keep the value, or ``None`` if it can. Called in the
-        task's thread before the outcome is published, so :meth:`finished`
-        follows in the same thread. The memory store keeps any value.
+        task's thread before its end, so :meth:`finished` follows in the
+        same thread. The memory store keeps any value.
 
         The SQLite store refuses a value that is not JSON from a durable
         task (:class:`~flask_bgtasks.InvalidTaskError`), and a value over
@@ -97,22 +98,23 @@ class TaskStore(abc.ABC):
         """
         return None
 
-    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
-        """The task's outcome was published (``value`` is what a succeeded
-        task returned), or it was released at shutdown (``result.released``)
-        to run again in another process. Called before waiters wake."""
+    def finished(self, snapshot: TaskSnapshot, value: object = None) -> None:
+        """The task ended (``value`` is what a succeeded task returned), or
+        it was released at shutdown (``snapshot.released``) to run again in
+        another process. Called before its waiters wake."""
 
-    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+    def cancel_requested(self, task_id: str) -> bool:
         """Whether another process asked the running task to stop."""
         return False
 
-    @abc.abstractmethod
-    def get(self, task_id: str) -> TaskResult[t.Any] | StoredResult | None:
-        """A handle of the task with this id, or ``None`` if unknown or expired."""
+    def keep(self, task_id: str, handle: TaskResult[t.Any]) -> None:
+        """The id of a task of this process was handed out. A store that
+        keeps live handles (the memory store) keeps this one, so that it is
+        found by id; it ends with :meth:`finished`."""
 
-    @abc.abstractmethod
-    def live(self, task_id: str) -> TaskResult[t.Any] | None:
-        """The result object of this task if this process holds it."""
+    def handle(self, task_id: str) -> TaskResult[t.Any] | None:
+        """A live handle the store keeps, or ``None``."""
+        return None
 
     @abc.abstractmethod
     def record(self, task_id: str) -> TaskRecord | None:

@@ -11,16 +11,15 @@ import json
 import typing as t
 
 from .._errors import InvalidTaskError, PayloadTooLarge
-from .._record import to_json
-from .._result import short_repr
+from .._record import short_repr, to_json
 
 if t.TYPE_CHECKING:
-    from .._result import TaskResult
+    from .._message import TaskSnapshot
 
 
-def errors_json(result: TaskResult[t.Any], limit: int | None) -> str:
+def errors_json(snapshot: TaskSnapshot, limit: int | None) -> str:
     """The task's errors as JSON, at most ``limit`` bytes of it if it can."""
-    errors = result.errors
+    errors = list(snapshot.errors)
     if not errors:
         return "[]"
     text = to_json(errors) or "[]"  # error_info() makes JSON values
@@ -68,10 +67,10 @@ def arguments_too_large(
 
 
 def value_too_large(
-    result: TaskResult[t.Any], value: object, size: int, limit: int
+    snapshot: TaskSnapshot, value: object, size: int, limit: int
 ) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"Task {result.name!r} (id {result.id}) returned a {type(value).__name__}"
+        f"Task {snapshot.message.name!r} (id {snapshot.message.id}) returned a {type(value).__name__}"
         f" too large for the task store: {size} bytes as JSON, over"
         f" BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes). The value was dropped and"
         " the task failed. Return something small, such as an id or the path of"
@@ -80,7 +79,7 @@ def value_too_large(
     )
 
 
-def not_json(result: TaskResult[t.Any], value: object) -> InvalidTaskError:
+def not_json(snapshot: TaskSnapshot, value: object) -> InvalidTaskError:
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -88,7 +87,7 @@ def not_json(result: TaskResult[t.Any], value: object) -> InvalidTaskError:
     else:  # pragma: no cover - to_json() and json.dumps() agree
         reason = ""
     return InvalidTaskError(
-        f"Durable task {result.name!r} returned {type(value).__name__}"
+        f"Durable task {snapshot.message.name!r} returned {type(value).__name__}"
         f" {short_repr(value, 80)}, which is not JSON{reason}. A durable"
         " task's value is stored as JSON: return a str, number,"
         " bool, None, or a list or dict of them."

@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -32,14 +31,13 @@ import typing as t
 
 from .._errors import StoreError
 from .._process import ProcessLocal
-from .._record import StoredResult, TaskRecord, to_json
-from .._result import TaskStatus, as_datetime, short_repr
+from .._record import TaskRecord, TaskStatus, as_datetime, short_repr, this_process, to_json
 from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
 from ._payload import arguments_too_large, errors_json, not_json, value_too_large
 from ._writer import Statement, Writer, inherited_connections
 
 if t.TYPE_CHECKING:
-    from .._result import TaskResult
+    from .._message import TaskSnapshot
 
 logger = logging.getLogger("flask_bgtasks")
 
@@ -138,8 +136,14 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._readers = threading.local()
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._live: dict[str, TaskResult[t.Any]] = {}
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        # The ids of the unfinished tasks this process runs, whose leases
+        # need renewing.
+        self._owned: set[str] = set()
+        # Per task id: its start, written behind; its return value as JSON.
+        self._start_writes: dict[str, Statement] = {}
+        self._outcomes: dict[str, str] = {}
+        # This process, as the row's owner column names it.
+        self._process = this_process()
         self._recover: Recover = lambda record: False
         self._task_names: TaskNames = lambda: ()
 
@@ -214,13 +218,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     # -- the life of a task ---------------------------------------------
 
-    def register(self, task_id: str, result: TaskResult[t.Any]) -> None:
-        self._check_process()
-        self._live[task_id] = result
-
-    def add(
-        self, result: TaskResult[t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
-    ) -> None:
+    def add(self, snapshot: TaskSnapshot) -> None:
+        message = snapshot.message
+        args, kwargs = message.args, message.kwargs
         arguments = to_json({"args": args, "kwargs": kwargs}) if args or kwargs else _NO_ARGUMENTS
         if arguments is None:
             # Not JSON: only a repr is kept, cut short, so no limit applies.
@@ -228,102 +228,107 @@ class SQLiteStore(TaskStore, ProcessLocal):
         elif self.max_payload_bytes is not None and len(arguments) > self.max_payload_bytes:
             # Before anything is written, and before the task is queued.
             raise arguments_too_large(
-                result.name, args, kwargs, len(arguments), self.max_payload_bytes
+                message.name, args, kwargs, len(arguments), self.max_payload_bytes
             )
+        self._check_process()
+        self._owned.add(message.id)
         # A durable task is committed before submit returns, so that it is
         # never lost; other tasks are written behind.
         self._writer.write(
             "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
             " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
             (
-                result.id,
-                result.name,
-                result.pool,
-                int(result.durable),
+                message.id,
+                message.name,
+                message.pool,
+                int(message.durable),
                 arguments,
-                self._owner,
+                self._process,
                 time.time() + self.lease,
-                result.submitted_at.timestamp(),
+                message.submitted_at,
             ),
-            wait=result.durable,
+            wait=message.durable,
         )
 
-    def discard(self, result: TaskResult[t.Any]) -> None:
-        self._live.pop(result.id, None)
+    def discard(self, task_id: str) -> None:
+        self._owned.discard(task_id)
         self._writer.write(
-            "DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (result.id, self._owner)
+            "DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (task_id, self._process)
         )
 
-    def started(self, result: TaskResult[t.Any]) -> bool:
+    def started(self, snapshot: TaskSnapshot) -> bool:
+        task_id = snapshot.message.id
         # A read, not waiting for the writes: the row may not be written yet,
         # but if it says the task was cancelled or taken over, it is so.
         rows = self._read(
-            "SELECT status, owner FROM bgtasks_task WHERE id = ?", (result.id,), flush=False
+            "SELECT status, owner FROM bgtasks_task WHERE id = ?", (task_id,), flush=False
         )
-        if rows and (rows[0][0] == "cancelled" or rows[0][1] != self._owner):
-            self._live.pop(result.id, None)  # the record is not ours to finish
+        if rows and (rows[0][0] == "cancelled" or rows[0][1] != self._process):
+            self._owned.discard(task_id)  # the record is not ours to finish
             return False
 
         def too_late(statement: Statement) -> None:
             if statement.rowcount == 0:
-                _cancelled_as_it_started(result)
+                _cancelled_as_it_started(snapshot)
 
-        # Kept on the result, so that finished() can drop it if it is still
-        # queued then: a quick task is written once, when it finishes.
-        result.__dict__["_start_write"] = self._writer.write(
+        # Kept, so that finished() can drop it if it is still queued then: a
+        # quick task is written once, when it finishes.
+        self._start_writes[task_id] = self._writer.write(
             "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
             " started_at = coalesce(started_at, ?), lease_until = ?"
             " WHERE id = ? AND owner = ? AND status = 'queued'",
             (
-                result.attempt,
-                result._started,
+                snapshot.attempt,
+                snapshot.started_at,
                 time.time() + self.lease,
-                result.id,
-                self._owner,
+                task_id,
+                self._process,
             ),
             then=too_late,
         )
         return True
 
-    def changed(self, result: TaskResult[t.Any]) -> None:
+    def changed(self, snapshot: TaskSnapshot) -> None:
         self._writer.write(
             "UPDATE bgtasks_task SET status = ?, progress = ?, errors = ?,"
             " cancel_requested = max(cancel_requested, ?)"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
             (
-                result.status.value,
-                _progress(result),
-                errors_json(result, self.max_payload_bytes),
-                int(result._cancel_requested),
-                result.id,
-                self._owner,
+                snapshot.status.value,
+                _progress(snapshot),
+                errors_json(snapshot, self.max_payload_bytes),
+                int(snapshot.cancel_requested),
+                snapshot.message.id,
+                self._process,
             ),
         )
 
-    def unstorable(self, result: TaskResult[t.Any], value: object) -> BaseException | None:
+    def check_value(self, snapshot: TaskSnapshot, value: object) -> BaseException | None:
         if value is None:
             return None
         outcome = to_json({"value": value})
         if outcome is None:
-            if result.durable:
-                return not_json(result, value)
+            if snapshot.message.durable:
+                return not_json(snapshot, value)
             # Not JSON: only a repr is kept, cut short, so no limit applies.
-            outcome = to_json({"repr": short_repr(value)})
+            outcome = json.dumps({"repr": short_repr(value)})
         elif self.max_payload_bytes is not None and len(outcome) > self.max_payload_bytes:
-            return value_too_large(result, value, len(outcome), self.max_payload_bytes)
+            return value_too_large(snapshot, value, len(outcome), self.max_payload_bytes)
         # Handed on to finished(), which comes next in this thread, so that
         # the value is encoded once.
-        result.__dict__["_stored_outcome"] = outcome
+        self._outcomes[snapshot.message.id] = outcome
         return None
 
-    def finished(self, result: TaskResult[t.Any], value: object = None) -> None:
-        self._live.pop(result.id, None)
-        start_write: Statement | None = result.__dict__.pop("_start_write", None)
+    def finished(self, snapshot: TaskSnapshot, value: object = None) -> None:
+        task_id = snapshot.message.id
+        self._owned.discard(task_id)
+        start_write = self._start_writes.pop(task_id, None)
+        encoded = self._outcomes.pop(task_id, None)
         if start_write is not None:
             # This write sets what it would have; a cancel from another
             # process in between makes this one change nothing, as it would.
             start_write.skip = True
-        if result.released:
+        if snapshot.released:
             # Shutdown stopped a durable task: back to the queue, with no
             # owner and no lease, so the next process takes it at once.
             # Being ended set its cancel flag, which is not a request to stop:
@@ -333,19 +338,15 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
                 " WHERE id = ? AND owner = ? AND finished_at IS NULL",
                 (
-                    _progress(result),
-                    errors_json(result, self.max_payload_bytes),
-                    result.id,
-                    self._owner,
+                    _progress(snapshot),
+                    errors_json(snapshot, self.max_payload_bytes),
+                    task_id,
+                    self._process,
                 ),
             )
             return
         outcome = None
-        # The status being published: the public one follows once the
-        # Future has settled, right after this.
-        status = result._status
-        encoded: str | None = result.__dict__.pop("_stored_outcome", None)
-        if status is TaskStatus.SUCCEEDED:
+        if snapshot.status is TaskStatus.SUCCEEDED:
             outcome = encoded or (
                 _NO_VALUE
                 if value is None
@@ -357,38 +358,30 @@ class SQLiteStore(TaskStore, ProcessLocal):
             " started_at = coalesce(started_at, ?), finished_at = ?, lease_until = 0"
             " WHERE id = ? AND owner = ? AND finished_at IS NULL",
             (
-                status.value,
+                snapshot.status.value,
                 outcome,
-                _progress(result),
-                errors_json(result, self.max_payload_bytes),
-                int(result._cancel_requested),
-                result.attempt,
-                result._started,
-                result._finished,
-                result.id,
-                self._owner,
+                _progress(snapshot),
+                errors_json(snapshot, self.max_payload_bytes),
+                int(snapshot.cancel_requested),
+                snapshot.attempt,
+                snapshot.started_at,
+                snapshot.finished_at,
+                task_id,
+                self._process,
             ),
-            then=functools.partial(_check_stored, result, self.lease),
+            then=functools.partial(_check_stored, snapshot, self.lease),
             cleanup=True,
         )
 
-    def cancel_requested(self, result: TaskResult[t.Any]) -> bool:
+    def cancel_requested(self, task_id: str) -> bool:
         rows = self._read(
             "SELECT cancel_requested, status FROM bgtasks_task WHERE id = ?",
-            (result.id,),
+            (task_id,),
             flush=False,
         )
         return bool(rows) and (bool(rows[0][0]) or rows[0][1] == "cancelled")
 
     # -- lookups --------------------------------------------------------
-
-    def get(self, task_id: str) -> StoredResult | None:
-        record = self.record(task_id)
-        return None if record is None else StoredResult(self, record)
-
-    def live(self, task_id: str) -> TaskResult[t.Any] | None:
-        self._check_process()
-        return self._live.get(task_id)
 
     def record(self, task_id: str) -> TaskRecord | None:
         rows = self._read(
@@ -407,10 +400,8 @@ class SQLiteStore(TaskStore, ProcessLocal):
         return [make_record(row) for row in rows]
 
     def cancel(self, task_id: str) -> bool:
-        live = self.live(task_id)
-        if live is not None:
-            return live.cancel()
-        # One statement decides, atomically, against the owner's start.
+        # A task of this process is cancelled through its handle by the
+        # runtime, which asks here only for the others. One statement decides, atomically, against the owner's start.
         # SET expressions see the row as it was before the update.
         rows = self._writer.write(
             "UPDATE bgtasks_task SET cancel_requested = 1,"
@@ -459,7 +450,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         now = time.time()
         self._writer.write(
             "UPDATE bgtasks_task SET lease_until = ? WHERE owner = ? AND finished_at IS NULL",
-            (now + self.lease, self._owner),
+            (now + self.lease, self._process),
         )
         self._mark_lost(now)
         self._take_over(now)
@@ -507,7 +498,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 " progress = NULL WHERE id IN (SELECT id FROM bgtasks_task WHERE"
                 f" finished_at IS NULL AND durable = 1 AND lease_until < ? AND {owner}"
                 f" AND name IN ({marks}) ORDER BY submitted_at LIMIT ?) RETURNING *",
-                (self._owner, now + self.lease, now, *names, RECOVER_BATCH),
+                (self._process, now + self.lease, now, *names, RECOVER_BATCH),
             ).rows
             refused = []
             for row in rows:
@@ -534,13 +525,16 @@ class SQLiteStore(TaskStore, ProcessLocal):
                         record.name,
                         record.id,
                     )
+                # Ours before it can run, and end, here.
+                self._owned.add(record.id)
                 if not self._recover(record):
+                    self._owned.discard(record.id)
                     refused.append(record.id)
             if refused:
                 self._upkeep_write(
                     "UPDATE bgtasks_task SET owner = NULL, lease_until = 0 WHERE owner = ?"
                     f" AND status = 'queued' AND id IN ({', '.join('?' * len(refused))})",
-                    (self._owner, *refused),
+                    (self._process, *refused),
                 )
             if len(rows) < RECOVER_BATCH or refused:
                 return
@@ -582,23 +576,23 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._writer.gate.open()
         # While tasks of this process are unfinished, their leases need
         # renewing. Reads and writes of a live dict need no lock.
-        self._writer.resume(needed=lambda: bool(self._live))
+        self._writer.resume(needed=lambda: bool(self._owned))
 
 
-def _cancelled_as_it_started(result: TaskResult[t.Any]) -> None:
+def _cancelled_as_it_started(snapshot: TaskSnapshot) -> None:
     # Another process cancelled the task in the moment between a worker
-    # taking it and its start being written: it runs, so ask it to stop.
-    result._cancel_requested = True
+    # taking it and its start being written. It runs: its next look at
+    # cancel_requested reads the cancelled row and stops it.
     logger.warning(
         "Task %r (id %s) was cancelled from another process just as it started;"
         " it was asked to stop.",
-        result.name,
-        result.id,
+        snapshot.message.name,
+        snapshot.message.id,
     )
 
 
-def _check_stored(result: TaskResult[t.Any], lease: float, statement: Statement) -> None:
-    if statement.rowcount or result.status is TaskStatus.CANCELLED:
+def _check_stored(snapshot: TaskSnapshot, lease: float, statement: Statement) -> None:
+    if statement.rowcount or snapshot.status is TaskStatus.CANCELLED:
         # A cancelled task whose record was finished first was cancelled
         # from another process too: the record says so already.
         return
@@ -607,9 +601,9 @@ def _check_stored(result: TaskResult[t.Any], lease: float, statement: Statement)
         " elsewhere first: cancelled by another process just as it started, or"
         " taken over after this process failed to renew its lease for"
         " BGTASKS_STORE_LEASE (%g s). The outcome here is not stored.",
-        result.name,
-        result.id,
-        result.status.value,
+        snapshot.message.name,
+        snapshot.message.id,
+        snapshot.status.value,
         lease,
     )
 
@@ -633,13 +627,13 @@ def make_record(row: sqlite3.Row) -> TaskRecord:
         errors=json.loads(row["errors"]),
         attempt=row["attempt"],
         cancel_requested=bool(row["cancel_requested"]),
-        owner=row["owner"],
+        process=row["owner"],
         submitted_at=as_datetime(row["submitted_at"]),  # type: ignore[arg-type]
         started_at=as_datetime(row["started_at"]),
         finished_at=as_datetime(row["finished_at"]),
     )
 
 
-def _progress(result: TaskResult[t.Any]) -> str | None:
-    progress = result.progress
+def _progress(snapshot: TaskSnapshot) -> str | None:
+    progress = snapshot.progress
     return None if progress is None else to_json(progress)

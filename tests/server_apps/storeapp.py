@@ -171,8 +171,8 @@ def create_app() -> Flask:
         rendezvous()
         record = stored.record()
         owner_pid = None
-        if record.owner is not None:
-            owner_pid = int(record.owner.rpartition(":")[2])
+        if record.process is not None:
+            owner_pid = int(record.process.rpartition(":")[2])
         value = None
         if record.status is TaskStatus.SUCCEEDED:
             value = stored.result(timeout=0)  # read back as any process would
@@ -180,7 +180,7 @@ def create_app() -> Flask:
             "id": record.id,
             "status": record.status.value,
             "pid": os.getpid(),
-            "owner": record.owner,
+            "owner": record.process,
             "owner_pid": owner_pid,
             "attempt": record.attempt,
             "progress": record.progress,

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 
 from flask import Flask
 
-from flask_bgtasks import BGTasks, StoredResult, TaskResult, TaskStatus, current_task
+from flask_bgtasks import BGTasks, TaskResult, TaskStatus, current_task
 
 app = Flask(__name__)
 bg = BGTasks(app)
@@ -32,7 +32,7 @@ def check() -> None:
     t.assert_type(build_report.map([1, 2]), t.Iterator[str])
     t.assert_type(count.submit(["a"]), TaskResult[int])
     t.assert_type(bg.submit(divmod, 7, 2), TaskResult[tuple[int, int]])
-    t.assert_type(bg.get("id"), TaskResult[t.Any] | StoredResult | None)
+    t.assert_type(bg.get("id"), TaskResult[t.Any] | None)
     t.assert_type(bg.join(1.0), bool)
     result = build_report.submit(1)
     t.assert_type(result.status, TaskStatus)

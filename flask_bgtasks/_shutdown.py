@@ -1,6 +1,7 @@
-"""The end of a process: the shutdown summary, the drain at exit, the quick
-stop, and an opt-in SIGTERM handler for servers that have no graceful SIGTERM
-of their own.
+"""How background work ends, in one place: the shutdown procedure that
+:meth:`BGTasks.shutdown` and the drain at exit share, its summary, the quick
+stop, and an opt-in SIGTERM handler for servers that have no graceful
+SIGTERM of their own.
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ import typing as t
 import weakref
 
 from ._errors import UsageError
+from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
     from types import FrameType
 
-    from ._extension import BGTasks
+    from ._execution import Execution
+    from ._runtime import Runtime
+
+#: One step of a shutdown for one app: its runtime, whether to cancel what
+#: is queued, and the time.monotonic() deadline (``None``: wait for ever).
+Plan = t.Sequence[tuple["Runtime", bool, "float | None"]]
+#: Called once per app after its tasks have drained, with its runtime.
+Hooks = t.Callable[["Runtime"], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +56,16 @@ class ShutdownSummary:
 
 logger = logging.getLogger("flask_bgtasks")
 
-_instances: weakref.WeakSet[BGTasks] = weakref.WeakSet()
+# The drains of the extension instances, held weakly: a forgotten
+# instance has nothing to drain.
+_drains: list[weakref.WeakMethod[t.Callable[[], None]]] = []
 
 
-def drain_at_exit(extension: BGTasks) -> None:
-    """Have ``extension`` drain its pools when the interpreter exits."""
-    _instances.add(extension)
+def drain_at_exit(method: t.Callable[[], None]) -> None:
+    """Call the bound ``method`` when the interpreter exits, if its object
+    is still alive then."""
+    _drains[:] = [ref for ref in _drains if ref() is not None]
+    _drains.append(weakref.WeakMethod(method))
 
 
 # The process whose exit drained already: _drain_all is registered twice.
@@ -64,8 +77,10 @@ def _drain_all() -> None:
     if _drained_pid == os.getpid():
         return
     _drained_pid = os.getpid()
-    for extension in list(_instances):
-        extension._drain_at_exit()
+    for ref in list(_drains):
+        method = ref()
+        if method is not None:
+            method()
 
 
 def _run_at_exit(fn: t.Callable[[], None]) -> None:
@@ -225,3 +240,107 @@ def install_sigterm_handler() -> None:
 
 def _already_exiting(signum: int, frame: FrameType | None) -> None:
     logger.warning("SIGTERM received again; already exiting, within BGTASKS_SHUTDOWN_TIMEOUT.")
+
+
+# -- the procedure ----------------------------------------------------------
+
+
+def shutdown(plan: Plan, wait: bool, hooks: Hooks, *, at_exit: bool = False) -> ShutdownSummary:
+    """Take every app of ``plan`` through the shutdown, each step for every
+    app before the next step, so that all apps stop accepting work at once
+    and share the time until the deadline."""
+    for runtime, _, _ in plan:
+        runtime.closing = True
+    unfinished = [execution for runtime, _, _ in plan for execution in runtime.unfinished()]
+    cancelled = [
+        execution
+        for runtime, cancel, _ in plan
+        for execution in runtime.cancel_dropped(runtime.backend.close(cancel))
+    ]
+    if not wait:
+        return ShutdownSummary(
+            cancelled=_ids(cancelled, released=False),
+            released=_ids(cancelled, released=True),
+            unfinished=[execution.message.id for execution in unfinished if not execution.ended],
+        )
+    interrupted: list[Execution] = []
+    for runtime, _, deadline in plan:
+        # At exit, a quick stop (a second Ctrl-C, say) ends the wait.
+        backend = runtime.backend
+        done = wait_unless_stopped(backend.wait, deadline) if at_exit else backend.wait(deadline)
+        if not done:
+            backend.stop()
+            late_cancelled, late_interrupted = runtime.interrupt()
+            cancelled += late_cancelled
+            interrupted += late_interrupted
+    for runtime, _, _ in plan:
+        hooks(runtime)
+        # Last, so that the tasks' outcomes are written and the upkeep
+        # renewed their leases until they ended.
+        runtime.store.close()
+    finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+    return ShutdownSummary(
+        finished=sum(1 for execution in unfinished if execution.handle.status in finished),
+        cancelled=_ids(cancelled, released=False),
+        interrupted=_ids(interrupted, released=False),
+        released=_ids(cancelled + interrupted, released=True),
+    )
+
+
+def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
+    """The drain at exit of one extension: close every app, then drain the
+    apps this process ran tasks for, within their BGTASKS_SHUTDOWN_TIMEOUT,
+    or at once after a quick stop; log what was lost."""
+    start = time.monotonic()
+    pid = os.getpid()
+    # Nothing submits from here on, in any app, also from an exit handler
+    # or a thread that is still running: an app that never ran a task in
+    # this process (the master of a pre-forking server) is closed too.
+    for runtime in runtimes:
+        if runtime.active_pid != pid:
+            runtime.backend.close()
+    quick = stopping_quickly()
+    plan = [
+        (
+            runtime,
+            quick or runtime.config.shutdown_queued == "cancel",
+            start + (0 if quick else runtime.config.shutdown_timeout),
+        )
+        for runtime in runtimes
+        if runtime.active_pid == pid
+    ]
+    pending = [execution.message.id for runtime, _, _ in plan for execution in runtime.unfinished()]
+    if pending and quick:
+        logger.warning(
+            "Stopping quickly: ending %d background tasks now: %s",
+            len(pending),
+            ", ".join(pending),
+        )
+    elif pending:
+        # Named up front, so that a kill before the deadline (a server's
+        # own timeout, say) still leaves a trace of what was lost.
+        logger.warning(
+            "Draining %d background tasks at exit, for at most %g s: %s",
+            len(pending),
+            max(deadline for _, _, deadline in plan) - start,
+            ", ".join(pending),
+        )
+    with quick_stop_signals():
+        summary = shutdown(plan, wait=True, hooks=hooks, at_exit=True)
+    if summary.cancelled or summary.interrupted:
+        logger.warning(
+            "Background tasks at exit: %d finished, %d cancelled while queued,"
+            " %d interrupted at the deadline.",
+            summary.finished,
+            len(summary.cancelled),
+            len(summary.interrupted),
+        )
+    if summary.released:
+        logger.warning(
+            "Durable background tasks left in the store for the next process: %s",
+            ", ".join(summary.released),
+        )
+
+
+def _ids(executions: t.Iterable[Execution], *, released: bool) -> list[str]:
+    return [execution.message.id for execution in executions if execution.released is released]

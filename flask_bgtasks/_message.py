@@ -1,0 +1,148 @@
+"""What travels: :class:`TaskMessage`, the unit of work a backend receives,
+and :class:`TaskSnapshot`, what a store is told when a task changes.
+
+Both are immutable plain data. Knows nothing of Flask.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import os
+import typing as t
+
+from ._errors import InvalidTaskError
+from ._record import TaskStatus, short_repr, to_json
+
+if t.TYPE_CHECKING:
+    from ._options import TaskOptions
+
+#: The keyword arguments of a message without any, shared: a message is
+#: never changed, and calling the task copies them anyway.
+NO_KWARGS: dict[str, t.Any] = {}
+
+
+class TaskMessage(t.NamedTuple):
+    """One task to run: which function, with what, and how.
+
+    Made by ``submit`` (or by a store that hands back a durable task of a
+    process that died) and given to a backend, which runs it with the one
+    run function wherever it runs tasks. Plain data, like Dramatiq's
+    message: a backend outside this process sends :meth:`to_json`.
+
+    .. versionadded:: 0.2
+    """
+
+    #: A URL-safe id with 144 random bits, unique to this task.
+    id: str
+    #: The task's name: how a worker finds the function.
+    name: str
+    #: The pool, or engine queue, it runs on.
+    pool: str
+    args: tuple[t.Any, ...]
+    kwargs: dict[str, t.Any]
+    #: How it runs: timeout, retries and the rest.
+    options: TaskOptions
+    #: Whether it survives the death of its process (``durable`` resolved
+    #: against ``BGTASKS_DURABLE``).
+    durable: bool
+    #: When it was submitted, a Unix time.
+    submitted_at: float
+    #: How many attempts were started before this message was made: more
+    #: than 0 for a durable task that runs again after its process died.
+    attempt: int = 0
+    #: The errors of those attempts, oldest first.
+    errors: tuple[dict[str, t.Any], ...] = ()
+
+    def to_json(self) -> str:
+        """The message as JSON, for a backend that sends it elsewhere. The
+        options travel as the task's name: the worker has the same task
+        declared, with the same options.
+
+        :raises InvalidTaskError: If an argument is not JSON; see
+            :func:`check_json`.
+        """
+        check_json(self)
+        data = {
+            "id": self.id,
+            "name": self.name,
+            "pool": self.pool,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "durable": self.durable,
+            "submitted_at": self.submitted_at,
+            "attempt": self.attempt,
+            "errors": self.errors,
+        }
+        encoded = to_json(data)
+        if encoded is None:  # pragma: no cover - checked above
+            raise AssertionError("A checked message is not JSON.")
+        return encoded
+
+
+class TaskSnapshot(t.NamedTuple):
+    """A task at one moment, as its store is told about a change.
+
+    .. versionadded:: 0.2
+    """
+
+    message: TaskMessage
+    status: TaskStatus
+    #: How many attempts have started, counting those of earlier processes.
+    attempt: int
+    #: ``current``, ``total`` and ``message``, or ``None`` before any.
+    progress: dict[str, t.Any] | None
+    #: One dict per failed attempt, oldest first.
+    errors: tuple[dict[str, t.Any], ...]
+    cancel_requested: bool
+    started_at: float | None
+    finished_at: float | None
+    #: Set on a durable task that shutdown stopped or never started: it is
+    #: not over, and the store keeps it to run again in the next process.
+    released: bool = False
+
+
+def check_json(message: TaskMessage) -> None:
+    """Refuse a message whose arguments JSON can't hold, naming the first
+    such argument.
+
+    :raises InvalidTaskError: With the argument, its type, and what to pass
+        instead.
+    """
+    if to_json([message.args, message.kwargs]) is not None:
+        return
+    named = [(f"Argument {position}", value) for position, value in enumerate(message.args)]
+    named += [(f"Argument {key!r}", value) for key, value in message.kwargs.items()]
+    for which, value in named:
+        if to_json(value) is None:
+            raise InvalidTaskError(
+                f"{which} of durable task {message.name!r} is {type(value).__name__}"
+                f" {short_repr(value, 80)}, which is not JSON. A durable task is"
+                " stored with its arguments as JSON: pass str, int, float, bool,"
+                " None, or lists and dicts of them (an id rather than an object)."
+            )
+
+
+# Ids are made 128 at a time: one call to the system's random source and one
+# base64 encoding for all, a fraction of what each id costs alone. 18 bytes
+# encode to 24 characters without padding.
+_ID_BYTES = 18
+_ID_CHARS = 24
+_BATCH = 128
+_ids: collections.deque[str] = collections.deque()
+
+
+def new_id() -> str:
+    """A new task id: 144 random bits, URL-safe, never starting with ``-``
+    (which command lines take for an option)."""
+    try:
+        return _ids.popleft()  # atomic: two threads never get the same id
+    except IndexError:
+        text = base64.urlsafe_b64encode(os.urandom(_ID_BYTES * _BATCH)).decode()
+        batch = [text[i : i + _ID_CHARS] for i in range(0, len(text), _ID_CHARS)]
+        _ids.extend(task_id for task_id in batch[1:] if task_id[0] != "-")
+        return batch[0] if batch[0][0] != "-" else new_id()
+
+
+# A child process must not hand out the ids its parent has left.
+os.register_at_fork(after_in_child=_ids.clear)

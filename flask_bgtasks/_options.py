@@ -1,0 +1,172 @@
+"""A task's options, declared once: :class:`TaskOptions`.
+
+``@bg.task(...)`` takes them as keywords, :class:`~flask_bgtasks.Task`
+keeps them, every message carries them, and the API docs are generated from
+this class. Knows nothing of Flask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from ._config import DEFAULT_POOL
+from ._errors import InvalidTaskError
+from ._retry import RetryPolicy
+
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    """How a task runs: the keywords of :meth:`BGTasks.task
+    <flask_bgtasks.BGTasks.task>`, checked once when the task is declared.
+
+    .. code-block:: python
+
+        @bg.task(pool="reports", timeout=60, retries=3)
+        def build_report(user_id: int) -> str: ...
+
+        build_report.options.timeout  # 60
+
+    :raises InvalidTaskError: If an option has the wrong type or range; the
+        message names the task and the option.
+
+    .. versionadded:: 0.2
+    """
+
+    #: The name in logs and records; ``module.qualname`` of the function by
+    #: default. A durable task is found again by this name in a new process.
+    name: str
+    #: The pool it runs on, from ``BGTASKS_POOLS``.
+    pool: str = DEFAULT_POOL
+    #: Run it in a read-only copy of the submitting request, so that
+    #: ``request.args`` and external ``url_for`` work.
+    copy_request: bool = False
+    #: Names of ``g`` attributes to copy into the task's ``g``.
+    copy_g: tuple[str, ...] = ()
+    #: Seconds the task may run. Then it is asked to stop and fails with
+    #: :class:`~flask_bgtasks.TaskTimeout`; see :doc:`/shutdown` for what that
+    #: can and cannot do. ``None`` for no limit.
+    timeout: float | None = None
+    #: Keep the task in the store until it has finished, so that it runs
+    #: again if its process dies (see :doc:`/persistence`). ``None`` follows
+    #: ``BGTASKS_DURABLE``.
+    durable: bool | None = None
+    #: Run it again up to this many times after it raised one of
+    #: :attr:`retry_on`.
+    retries: int = 0
+    #: Seconds before the first retry, doubled for each next one, with jitter.
+    retry_backoff: float = 1.0
+    #: The exception types that are worth a retry.
+    retry_on: ExceptionTypes = Exception
+    #: Let the HTTP API (:doc:`/http`) show the return value; by default it
+    #: shows only the status.
+    expose_result: bool = False
+    #: Let the HTTP API show a failed task's error message and traceback; by
+    #: default it shows only the error's type.
+    expose_error: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not name:
+            raise InvalidTaskError(f"A task's name must be a non-empty string, got {name!r}.")
+        if not isinstance(self.pool, str) or not self.pool:
+            raise InvalidTaskError(f"Task {name!r}: 'pool' must be a pool name, got {self.pool!r}.")
+        for option in ("copy_request", "expose_result", "expose_error"):
+            value = getattr(self, option)
+            if not isinstance(value, bool):
+                raise InvalidTaskError(
+                    f"Task {name!r}: {option!r} must be True or False, got {value!r}."
+                )
+        copy_g: object = self.copy_g
+        if (
+            isinstance(copy_g, str)
+            or not isinstance(copy_g, t.Iterable)
+            or not all(isinstance(key, str) for key in copy_g)
+        ):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'copy_g' must be a list of attribute names of"
+                f" 'g', such as ['user_id'], got {copy_g!r}."
+            )
+        # A frozen dataclass sets its normalised fields the way its own
+        # __init__ does.
+        object.__setattr__(self, "copy_g", tuple(copy_g))
+        timeout = self.timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'timeout' must be a number of seconds above 0,"
+                f" or None, got {timeout!r}."
+            )
+        if self.durable is not None and not isinstance(self.durable, bool):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'durable' must be True, False or None (follow"
+                f" BGTASKS_DURABLE), got {self.durable!r}."
+            )
+        retries = self.retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidTaskError(
+                f"Task {name!r}: 'retries' must be a whole number of at least 0, got {retries!r}."
+            )
+        backoff = self.retry_backoff
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0:
+            raise InvalidTaskError(
+                f"Task {name!r}: 'retry_backoff' must be a number of seconds of at"
+                f" least 0, got {backoff!r}."
+            )
+        retry_on = self.retry_on
+        types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        if not types or not all(
+            isinstance(cls, type) and issubclass(cls, BaseException) for cls in types
+        ):
+            raise InvalidTaskError(
+                f"Task {name!r}: 'retry_on' must be an exception class or a tuple"
+                f" of them, such as (ConnectionError, TimeoutError), got {retry_on!r}."
+            )
+
+    @classmethod
+    def for_function(cls, fn: t.Callable[..., t.Any], **options: t.Any) -> TaskOptions:
+        """The options of a task that runs ``fn``, named after it unless
+        ``name`` is given.
+
+        :raises TypeError: If an option is not one of the fields above.
+        """
+        if options.get("name") is None:
+            # Callable objects have no __qualname__ of their own: use their class's.
+            named = fn if hasattr(fn, "__qualname__") else type(fn)
+            options["name"] = f"{named.__module__}.{named.__qualname__}"
+        return cls(**options)
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """When and how soon a failed attempt runs again; ``None`` without
+        :attr:`retries`."""
+        if not self.retries:
+            return None
+        retry_on = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
+        return RetryPolicy(self.retries, float(self.retry_backoff), retry_on)
+
+    @property
+    def captures(self) -> bool:
+        """Whether the task copies anything from the submitting context."""
+        return self.copy_request or bool(self.copy_g)
+
+
+class TaskOptionArgs(t.TypedDict, total=False):
+    """The keywords of :meth:`BGTasks.task <flask_bgtasks.BGTasks.task>`:
+    the fields of :class:`TaskOptions`, for type checkers only. A test checks
+    that the two list the same names and types."""
+
+    name: str | None
+    pool: str
+    copy_request: bool
+    copy_g: t.Iterable[str]
+    timeout: float | None
+    durable: bool | None
+    retries: int
+    retry_backoff: float
+    retry_on: ExceptionTypes
+    expose_result: bool
+    expose_error: bool

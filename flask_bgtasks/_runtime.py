@@ -1,0 +1,368 @@
+"""The per-app runtime: it turns a submit into a message, hands it to the
+backend, runs it when the backend says so, and tells the store.
+
+One :class:`Runtime` per app. It owns this process's tasks of that app (the
+executions, by id), the durable policy, the recovery of durable tasks that a
+dead process left, and the store events. :class:`~flask_bgtasks.BGTasks`
+wires config to it; the shutdown procedure (:mod:`._shutdown`) takes it
+through its steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import typing as t
+import weakref
+
+from . import signals
+from ._context import (
+    app_context,
+    check_arguments,
+    check_not_forking_per_request,
+    is_reloader_watcher,
+    send_cancelled,
+)
+from ._errors import InvalidTaskError, QueueFull, ShutdownError, UsageError
+from ._execution import Execution
+from ._message import NO_KWARGS, TaskMessage, check_json, new_id
+from ._process import ProcessLocal
+from ._result import TaskResult
+from ._run import run
+from .backends.eager import EagerBackend
+from .backends.threads import ThreadBackend
+
+if t.TYPE_CHECKING:
+    from flask import Flask, Response
+
+    from ._config import Config
+    from ._context import Captured
+    from ._record import TaskRecord
+    from ._task import Task
+    from .backends import Backend
+    from .stores import TaskStore
+
+logger = logging.getLogger("flask_bgtasks")
+
+
+class Runtime(ProcessLocal):
+    """What the extension runs for one app in this process.
+
+    :param app: The app; held weakly.
+    :param config: Its validated ``BGTASKS_*`` settings.
+    :param store: Its task store.
+    :param tasks: The tasks of the extension by name, to find a durable
+        task again.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        config: Config,
+        store: TaskStore,
+        tasks: t.Mapping[str, Task[..., t.Any]],
+    ) -> None:
+        # A weak reference: this object is the value of a WeakKeyDictionary
+        # keyed by the app, and must not keep the app alive.
+        self._app = weakref.ref(app)
+        self.config = config
+        self.store = store
+        self.shared = store.shared
+        self.tasks = tasks
+        backend_class = EagerBackend if config.eager else ThreadBackend
+        self.backend: Backend = backend_class(config.pools, app.name, self.run_message)
+        #: The process that submitted to this app last; ``None`` before any.
+        #: A Gunicorn master with ``--preload`` or the reloader's watcher
+        #: never submits, so the drain at exit leaves it alone.
+        self.active_pid: int | None = None
+        self.store_pid: int | None = None
+        #: Set once shutdown has begun: no durable task is taken over then.
+        self.closing = False
+        #: Whether the on_shutdown hooks ran for this app.
+        self.hooks_ran = False
+        super().__init__()
+
+    def _init_state(self) -> None:
+        # This process's unfinished tasks, by id. A forked child starts
+        # with none: its parent's tasks are not its own.
+        self.executions: dict[str, Execution] = {}
+
+    @property
+    def app(self) -> Flask:
+        app = self._app()
+        if app is None:  # pragma: no cover - a task outlived its app
+            raise UsageError("The app this task belongs to no longer exists.")
+        return app
+
+    # -- this process -------------------------------------------------------
+
+    def enter_process(self) -> bool:
+        """The first submit in this process. Refuse a process forked for
+        one request, since its tasks could never run.
+
+        :return: ``False`` in the watcher of ``flask run``'s reloader, which
+            must run no task, start no thread and write nothing: the
+            process it starts to serve loads the app again, and runs them.
+        """
+        self._check_process()
+        check_not_forking_per_request()
+        if is_reloader_watcher():
+            return False
+        self.active_pid = os.getpid()
+        self.activate_store()
+        return True
+
+    def activate_store(self) -> None:
+        """This process runs tasks: let a shared store start its upkeep,
+        which also takes over the durable tasks of dead processes. Eager
+        mode starts no thread."""
+        if self.store_pid != os.getpid():
+            self.store_pid = os.getpid()
+            if not self.config.eager:
+                self.store.activate(self.recover, self.durable_names)
+
+    def flush_store(self, response: Response) -> Response:
+        """Before a response leaves, commit what the request wrote, such as
+        the tasks it submitted: a client may ask another process for them
+        next."""
+        self.store.flush()
+        return response
+
+    # -- the durable policy -------------------------------------------------
+
+    def is_durable(self, task: Task[..., t.Any]) -> bool:
+        durable = task.options.durable
+        return self.config.durable if durable is None else durable
+
+    def durable_names(self) -> list[str]:
+        if self.closing:  # a process that shuts down takes nothing over
+            return []
+        return [name for name, task in list(self.tasks.items()) if self.is_durable(task)]
+
+    def _check_durable(self, task: Task[..., t.Any]) -> None:
+        task.check_durable()
+        if not self.shared:
+            raise UsageError(
+                f"Task {task.name!r} is durable, but BGTASKS_STORE is 'memory',"
+                " which dies with the process. Set BGTASKS_STORE ="
+                " 'sqlite:///tasks.db', or declare the task with durable=False."
+            )
+        if self.tasks.get(task.name) is not task:
+            raise InvalidTaskError(
+                f"Durable task {task.name!r} is not the task declared under that"
+                " name with @bg.task on this BGTasks instance (another task has"
+                " the same name, or the function was submitted with bg.submit)."
+                " A new process finds a durable task by its name: give each a"
+                " unique name, and declare it with @bg.task."
+            )
+
+    # -- submit, recover, run -----------------------------------------------
+
+    def submit(
+        self,
+        app: Flask,
+        task: Task[..., t.Any],
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+        captured: Captured | None,
+    ) -> TaskResult[t.Any]:
+        """Queue a task: check it, make its message, record it, hand it to
+        the backend. Nothing is queued or written if a check fails."""
+        if self.active_pid != os.getpid() and not self.enter_process():
+            return self._never_run(task)
+        options = task.options
+        if args or kwargs:
+            check_arguments(options.name, args, kwargs)
+        durable = self.config.durable if options.durable is None else options.durable
+        message = TaskMessage(
+            new_id(),
+            options.name,
+            options.pool,
+            args,
+            kwargs or NO_KWARGS,
+            options,
+            durable,
+            time.time(),
+        )
+        if durable:
+            self._check_durable(task)
+            check_json(message)
+        execution = Execution(message, task.fn, captured, self)
+        self._accept(execution)
+        handle = execution.handle
+        if signals.task_submitted.receivers:
+            signals.task_submitted.send(app, task=handle)
+        return handle
+
+    def _accept(self, execution: Execution, *, recorded: bool = False) -> None:
+        message = execution.message
+        executions = self.executions
+        executions[message.id] = execution
+        try:
+            if self.shared and not recorded:
+                # Recorded first, so that the worker finds the record;
+                # removed again if the backend refuses the task.
+                self.store.add(execution.snapshot())
+                try:
+                    self.backend.submit(message)
+                except BaseException:
+                    self.store.discard(message.id)
+                    raise
+            else:
+                self.backend.submit(message)
+        except BaseException:
+            executions.pop(message.id, None)
+            raise
+
+    def recover(self, record: TaskRecord) -> bool:
+        """Queue a durable task that the store took over from a dead process."""
+        task = self.tasks.get(record.name)
+        if task is None or self._app() is None:
+            return False
+        options = task.options
+        message = TaskMessage(
+            record.id,
+            record.name,
+            options.pool,
+            tuple(record.args or ()),
+            record.kwargs or NO_KWARGS,
+            options,
+            True,
+            record.submitted_at.timestamp(),
+            record.attempt,
+            tuple(record.errors),
+        )
+        execution = Execution(message, task.fn, None, self)
+        try:
+            self._accept(execution, recorded=True)
+        except (QueueFull, ShutdownError):
+            return False
+        except UsageError:  # the task names a pool this app does not have
+            logger.exception("Durable task %r (id %s) can't run here.", record.name, record.id)
+            return False
+        # This process now runs tasks, so its exit drains them.
+        self.active_pid = os.getpid()
+        return True
+
+    def run_message(self, message: TaskMessage) -> None:
+        """Run a message in this thread; the backend calls this."""
+        execution = self.executions.get(message.id)
+        if execution is not None and execution.claim():
+            run(execution, self.app)
+
+    def _never_run(self, task: Task[..., t.Any]) -> TaskResult[t.Any]:
+        # A task that is already cancelled, known to no store and no
+        # backend: the caller gets a handle as anywhere else, and the task
+        # runs once, in the process that serves.
+        message = TaskMessage(
+            new_id(), task.name, task.options.pool, (), NO_KWARGS, task.options, False, time.time()
+        )
+        execution = Execution(message, task.fn, None, None)
+        execution.cancel_queued()
+        logger.info(
+            "Task %r was not run in the watcher process of the reloader (pid %d);"
+            " the process that serves loads the app again and runs it there.",
+            task.name,
+            os.getpid(),
+        )
+        return execution.handle
+
+    # -- lookups ------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskResult[t.Any] | None:
+        """The handle of a task by id: of this process if it runs here, else
+        from the store."""
+        execution = self.executions.get(task_id)
+        if execution is not None:
+            return execution.handle
+        handle = self.store.handle(task_id)
+        if handle is not None:
+            return handle
+        if not self.shared:
+            return None
+        record = self.store.record(task_id)
+        return None if record is None else TaskResult.from_record(self.store, record)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task by id, here or through the store."""
+        execution = self.executions.get(task_id)
+        if execution is not None:
+            return execution.handle.cancel()
+        return self.store.cancel(task_id)
+
+    def unfinished(self) -> list[Execution]:
+        """This process's tasks of this app that have not ended."""
+        return [execution for execution in list(self.executions.values()) if not execution.ended]
+
+    def cancel_dropped(self, messages: t.Iterable[TaskMessage]) -> list[Execution]:
+        """Cancel the messages a backend took off its queue at shutdown:
+        durable ones are released to the next process."""
+        cancelled = []
+        for message in messages:
+            execution = self.executions.get(message.id)
+            if execution is not None and execution.cancel_queued(release=True):
+                _log_cancelled(execution, "was queued at shutdown")
+                cancelled.append(execution)
+        return cancelled
+
+    def interrupt(self) -> tuple[list[Execution], list[Execution]]:
+        """At the shutdown deadline, after the backend stopped starting
+        tasks: cancel the queued ones, end the running ones."""
+        cancelled: list[Execution] = []
+        interrupted: list[Execution] = []
+        for execution in self.unfinished():
+            if execution.cancel_queued(release=True):
+                _log_cancelled(execution, "was still queued at the shutdown deadline")
+                cancelled.append(execution)
+            elif execution.interrupt():
+                interrupted.append(execution)
+        return cancelled, interrupted
+
+    # -- what executions report (the Observer protocol) ---------------------
+
+    def may_start(self, execution: Execution) -> bool:
+        return not self.shared or self.store.started(execution.snapshot())
+
+    def changed(self, execution: Execution) -> None:
+        if self.shared:
+            self.store.changed(execution.snapshot())
+
+    def check_value(self, execution: Execution, value: object) -> BaseException | None:
+        if not self.shared:
+            return None
+        return self.store.check_value(execution.snapshot(), value)
+
+    def ended(self, execution: Execution, value: object, kept: bool) -> None:
+        self.executions.pop(execution.message.id, None)
+        if self.shared or kept:
+            self.store.finished(execution.snapshot(), value)
+
+    def cancel_requested(self, execution: Execution) -> bool:
+        return self.shared and self.store.cancel_requested(execution.message.id)
+
+    def cancelled_while_queued(self, execution: Execution) -> None:
+        send_cancelled(self.app, execution.handle)
+
+    def keep(self, execution: Execution) -> None:
+        # The store first, then the mark: if the task ended in between, the
+        # mark says so, and its end is counted here rather than by ended().
+        self.store.keep(execution.message.id, execution.handle)
+        if execution.keep() and not self.shared:
+            self.store.finished(execution.snapshot())
+
+    def run_here(self, execution: Execution) -> None:
+        if execution.claim():
+            run(execution, self.app)
+
+    def callback_context(self) -> t.ContextManager[object]:
+        return app_context(self.app)
+
+
+def _log_cancelled(execution: Execution, when: str) -> None:
+    if execution.released:
+        then = "was left in the store for the next process to run"
+    else:
+        then = "was cancelled"
+    message = execution.message
+    logger.warning("Task %r (id %s) %s and %s.", message.name, message.id, when, then)
