@@ -33,7 +33,9 @@ def get_app() -> Flask:
     :raises UsageError: If there is no app context.
     """
     try:
-        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+        # The proxy's documented way to the object behind it (Werkzeug's
+        # LocalProxy has no other); the name only looks private.
+        return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]  # noqa: SLF001
     except RuntimeError:
         raise UsageError(
             "Submitting or looking up a task needs an application context, and"
@@ -264,7 +266,7 @@ def capture(task: str, copy_g: tuple[str, ...], copy_request: bool) -> Captured:
             " submitted outside a request. Submit it from a view, or declare"
             " it without copy_request and pass the values it needs."
         )
-    req = request._get_current_object()  # type: ignore[attr-defined]
+    req = request._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001 - see get_app()
     # Only the strings: the CGI and HTTP_* variables. This leaves out the
     # live request object, the input stream and server internals.
     environ = {key: value for key, value in req.environ.items() if isinstance(value, str)}
@@ -316,10 +318,14 @@ def in_task_context(
     return delay
 
 
-def send_started(app: Flask, handle: TaskResult[t.Any]) -> None:
-    """Send ``task_started``, in the task's context."""
-    if signals.task_started.receivers:
-        signals.task_started.send(app, task=handle)
+def outcome_receivers() -> bool:
+    """Whether anyone listens for how tasks end: a check that costs less
+    than finding out how one ended."""
+    return bool(
+        signals.task_succeeded.receivers
+        or signals.task_failed.receivers
+        or signals.task_cancelled.receivers
+    )
 
 
 def send_outcome(app: Flask, handle: TaskResult[t.Any]) -> None:

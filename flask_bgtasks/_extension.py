@@ -3,26 +3,23 @@ runtime per app."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import time
 import types
 import typing as t
-import warnings
 import weakref
 
 from . import _config
-from ._context import app_context, get_app
+from ._context import get_app
 from ._current import running_task
 from ._errors import ConfigError, UsageError
 from ._options import TaskOptions
 from ._runtime import Runtime
-from ._shutdown import ShutdownSummary, drain, drain_at_exit, shutdown
+from ._shutdown import UNSET, ShutdownSummary, drain, drain_at_exit, keyword_arguments, shutdown
 from ._task import Task
 from ._uwsgi import check_uwsgi
 from ._waitress import check_waitress
-from .stores.memory import MemoryStore
+from .stores import open_store
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -39,29 +36,6 @@ A = t.TypeVar("A", bound=t.Callable[["TaskRecord"], bool])
 V = t.TypeVar("V", bound=t.Callable[..., t.Any])
 
 logger = logging.getLogger("flask_bgtasks")
-
-#: Stands for "not given" in shutdown()'s deprecated positional arguments.
-_UNSET: t.Any = object()
-
-
-def _open_store(app: Flask, config: _config.Config) -> TaskStore:
-    kind, path = config.store
-    if kind == "memory" or path is None:
-        return MemoryStore(config.result_ttl, config.max_results)
-    if kind == "import":
-        from .stores import from_import_path
-
-        return from_import_path(path, app)
-    from .stores.sqlite import SQLiteStore
-
-    # os.path.join keeps an absolute path as it is.
-    return SQLiteStore(
-        os.path.join(app.instance_path, path),
-        config.result_ttl,
-        config.max_results,
-        config.store_lease,
-        max_payload_bytes=config.max_payload_bytes,
-    )
 
 
 class BGTasks:
@@ -128,7 +102,7 @@ class BGTasks:
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
             app.before_request(check_waitress)
-        runtime = Runtime(app, config, _open_store(app, config), self._tasks)
+        runtime = Runtime(app, config, open_store(app, config), self._tasks)
         self._apps[app] = runtime
         app.extensions["bgtasks"] = self
         from ._cli import cli  # here, so that importing the package stays light
@@ -180,14 +154,32 @@ class BGTasks:
             @bg.task(pool="reports", copy_request=True)
             def export() -> str: ...
 
+            @bg.task(timeout=120)
+            def fetch_feed(url: str) -> bytes: ...
+
+            @bg.task(durable=True, retries=3, retry_on=ConnectionError)
+            def send_invoice(invoice_id: int) -> None: ...
+
+            @bg.task(expose_result=True)
+            def build_report(user_id: int) -> dict: ...
+
+        The task keeps its options as :attr:`Task.options
+        <flask_bgtasks.Task.options>`.
+
+        :param fn: The function, when used bare as ``@bg.task``.
         :param options: The fields of :class:`~flask_bgtasks.TaskOptions`,
-            which says what each one does: ``name``, ``pool``,
-            ``copy_request``, ``copy_g``, ``timeout``, ``durable``,
+            which says what each one does and its default: ``name``,
+            ``pool``, ``copy_request``, ``copy_g``, ``timeout``, ``durable``,
             ``retries``, ``retry_backoff``, ``retry_on``, ``expose_result``
             and ``expose_error``.
+        :return: A :class:`~flask_bgtasks.Task`, or, with options only, a
+            decorator that makes one.
         :raises InvalidTaskError: If ``fn`` is not callable, is ``async``,
-            or an option has the wrong type.
+            or an option has the wrong type, or if a durable task copies
+            the request or ``g``.
         :raises TypeError: If an option has an unknown name.
+
+        .. versionadded:: 0.1
         """
 
         def decorate(fn: t.Callable[P, R]) -> Task[P, R]:
@@ -352,31 +344,14 @@ class BGTasks:
         .. versionchanged:: 0.2
             ``owner=`` is now ``user=``.
         """
-        from ._http import background_view, run_view
+        from ._http import background_view, user_key
 
-        key = "user"
-        if owner is not None:
-            if user is not None:
-                raise TypeError("background_view() takes user= or owner=, not both.")
-            warnings.warn(
-                "background_view(owner=...) is deprecated; use user=..., which the"
-                ' record keeps as record.kwargs["user"].',
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            key, user = "owner", owner
+        key, user = user_key(user, owner)
 
         def decorate(view: V) -> V:
-            name = f"{view.__module__}.{view.__qualname__}"
-            task: Task[..., dict[str, t.Any]] = Task(
-                self._runtime,
-                functools.partial(run_view, view, key if user is not None else None),
-                # It runs from the copy of its request, which no store keeps.
-                TaskOptions(name=name, pool=pool, copy_request=True, durable=False),
-                is_view=True,
-            )
-            self._tasks[name] = task
-            return t.cast(V, background_view(task, view, key, user))
+            task = background_view(self._runtime, view, pool, key, user)
+            self._tasks[task.name] = task
+            return t.cast(V, task.view)
 
         if view is None:
             return decorate
@@ -402,9 +377,9 @@ class BGTasks:
     def shutdown(
         self,
         *args: t.Any,
-        wait: bool = _UNSET,
-        timeout: float | None = _UNSET,
-        cancel_pending: bool = _UNSET,
+        wait: bool = UNSET,
+        timeout: float | None = UNSET,
+        cancel_pending: bool = UNSET,
     ) -> ShutdownSummary:
         """Stop every app's pools: accept no new task (``submit`` then
         raises :class:`ShutdownError`), and with ``wait``, return once the
@@ -427,27 +402,7 @@ class BGTasks:
             The arguments are keyword-only; positional ones still work, with
             a :class:`DeprecationWarning`.
         """
-        given: dict[str, t.Any] = {
-            "wait": wait,
-            "timeout": timeout,
-            "cancel_pending": cancel_pending,
-        }
-        if args:
-            if len(args) > 3:
-                raise TypeError(f"shutdown() takes at most 3 arguments, got {len(args)}.")
-            warnings.warn(
-                "Passing shutdown()'s arguments by position is deprecated; name"
-                " them: shutdown(wait=..., timeout=..., cancel_pending=...).",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            for name, value in zip(given, args):
-                if given[name] is not _UNSET:
-                    raise TypeError(f"shutdown() got multiple values for argument {name!r}.")
-                given[name] = value
-        wait = True if given["wait"] is _UNSET else bool(given["wait"])
-        timeout = None if given["timeout"] is _UNSET else given["timeout"]
-        cancel = False if given["cancel_pending"] is _UNSET else bool(given["cancel_pending"])
+        wait, timeout, cancel = keyword_arguments(args, wait, timeout, cancel_pending)
         if wait and running_task.get(None) is not None:
             raise UsageError(
                 "bg.shutdown(wait=True) inside a task would wait for that task"
@@ -455,18 +410,7 @@ class BGTasks:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         plan = [(runtime, cancel, deadline) for runtime in list(self._apps.values())]
-        return shutdown(plan, wait, self._run_shutdown_hooks)
+        return shutdown(plan, wait, self._shutdown_hooks)
 
     def _drain_at_exit(self) -> None:
-        drain(list(self._apps.values()), self._run_shutdown_hooks)
-
-    def _run_shutdown_hooks(self, runtime: Runtime) -> None:
-        if runtime.hooks_ran or not self._shutdown_hooks:
-            return
-        runtime.hooks_ran = True
-        with app_context(runtime.app):
-            for hook in self._shutdown_hooks:
-                try:
-                    hook()
-                except Exception:
-                    logger.exception("The on_shutdown hook %r raised an exception.", hook)
+        drain(list(self._apps.values()), self._shutdown_hooks)

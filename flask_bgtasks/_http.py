@@ -16,17 +16,22 @@ import re
 import threading
 import time
 import typing as t
+import warnings
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ._errors import UsageError
+from ._options import TaskOptions
 from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
+    from flask import Flask
+
     from ._extension import BGTasks
     from ._record import TaskRecord
+    from ._runtime import Runtime
     from ._task import Task
 
 #: What a task id looks like: URL-safe base64 of 16 random bytes (22
@@ -231,20 +236,49 @@ def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
 # -- background views -------------------------------------------------------
 
 
+def user_key(
+    user: t.Callable[[], t.Any] | None, owner: t.Callable[[], t.Any] | None
+) -> tuple[str, t.Callable[[], t.Any] | None]:
+    """The record key and the function of a background view's ``user=``,
+    or of its deprecated old name ``owner=``."""
+    if owner is None:
+        return "user", user
+    if user is not None:
+        raise TypeError("background_view() takes user= or owner=, not both.")
+    warnings.warn(
+        "background_view(owner=...) is deprecated; use user=..., which the"
+        ' record keeps as record.kwargs["user"].',
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return "owner", owner
+
+
 def background_view(
-    task: Task[..., dict[str, t.Any]],
+    runtime_of: t.Callable[[Flask], Runtime],
     view: t.Callable[..., t.Any],
+    pool: str,
     key: str,
     user: t.Callable[[], t.Any] | None,
-) -> t.Callable[..., t.Any]:
-    """Wrap a view: submit ``task``, which runs it, and answer ``202
-    Accepted`` at once.
+) -> Task[..., dict[str, t.Any]]:
+    """The task that runs ``view``; its :attr:`~flask_bgtasks.Task.view` is
+    what the route calls: it submits the task and answers ``202 Accepted``
+    at once.
 
     With ``user``, its value in the request is kept on the task's record as
     ``record.kwargs[key]``, for the authorization callback; the view does
     not get it.
     """
-    name = task.name
+    from ._task import Task
+
+    name = f"{view.__module__}.{view.__qualname__}"
+    task: Task[..., dict[str, t.Any]] = Task(
+        runtime_of,
+        functools.partial(run_view, view, key if user is not None else None),
+        # It runs from the copy of its request, which no store keeps.
+        TaskOptions(name=name, pool=pool, copy_request=True, durable=False),
+        is_view=True,
+    )
 
     @functools.wraps(view)
     def start(**view_args: t.Any) -> Response:
@@ -274,7 +308,8 @@ def background_view(
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    return start
+    task.view = start
+    return task
 
 
 def run_view(view: t.Callable[..., t.Any], key: str | None, **view_args: t.Any) -> dict[str, t.Any]:

@@ -12,7 +12,7 @@ import os
 import typing as t
 
 from ._errors import InvalidTaskError
-from ._record import TaskStatus, short_repr, to_json
+from ._record import TaskRecord, TaskStatus, as_datetime, short_repr, to_json
 
 if t.TYPE_CHECKING:
     from ._options import TaskOptions
@@ -100,6 +100,39 @@ class TaskSnapshot(t.NamedTuple):
     #: Set on a durable task that shutdown stopped or never started: it is
     #: not over, and the store keeps it to run again in the next process.
     released: bool = False
+
+    def record(self, process: str | None, value: object = None) -> TaskRecord:
+        """The task as a :class:`~flask_bgtasks.TaskRecord`, with ``value``
+        as what a succeeded task returned; values that are not JSON are
+        kept as their ``repr``."""
+        message = self.message
+        args, kwargs = message.args, message.kwargs
+        arguments: t.Any = {"args": list(args), "kwargs": kwargs}
+        if to_json(arguments) is None:
+            arguments = {"args": None, "kwargs": None, "repr": short_repr((args, kwargs))}
+        value_repr = None
+        if to_json(value) is None:
+            value, value_repr = None, short_repr(value)
+        return TaskRecord(
+            id=message.id,
+            name=message.name,
+            pool=message.pool,
+            status=self.status,
+            durable=message.durable,
+            args=arguments["args"],
+            kwargs=arguments["kwargs"],
+            args_repr=arguments.get("repr"),
+            progress=None if self.progress is None else dict(self.progress),
+            result=value,
+            result_repr=value_repr,
+            errors=list(self.errors),
+            attempt=self.attempt,
+            cancel_requested=self.cancel_requested,
+            process=process,
+            submitted_at=as_datetime(message.submitted_at),  # type: ignore[arg-type]
+            started_at=as_datetime(self.started_at),
+            finished_at=as_datetime(self.finished_at),
+        )
 
 
 def check_json(message: TaskMessage) -> None:

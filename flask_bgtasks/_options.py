@@ -35,36 +35,48 @@ class TaskOptions:
     .. versionadded:: 0.2
     """
 
-    #: The name in logs and records; ``module.qualname`` of the function by
-    #: default. A durable task is found again by this name in a new process.
+    #: The name in logs, signals and records; ``module.qualname`` of the
+    #: function by default. A durable task is found again by this name in a
+    #: new process, so it must be unique and stable.
     name: str
-    #: The pool it runs on, from ``BGTASKS_POOLS``.
+    #: The pool it runs on: ``"default"`` (the default), or a name from
+    #: :data:`BGTASKS_POOLS`. Checked when the task is submitted, since each
+    #: app has its own pools: an unknown pool makes ``submit`` raise
+    #: :class:`~flask_bgtasks.UsageError`.
     pool: str = DEFAULT_POOL
     #: Run it in a read-only copy of the submitting request, so that
-    #: ``request.args`` and external ``url_for`` work.
+    #: ``request.args`` and external ``url_for`` work; see :doc:`/context`.
+    #: Default ``False``. A durable task can't copy the request.
     copy_request: bool = False
-    #: Names of ``g`` attributes to copy into the task's ``g``.
+    #: Names of ``g`` attributes to copy into the task's ``g``, such as
+    #: ``["user_id"]``; see :doc:`/context`. Default: none. A durable task
+    #: can't copy ``g``.
     copy_g: tuple[str, ...] = ()
-    #: Seconds the task may run. Then it is asked to stop and fails with
-    #: :class:`~flask_bgtasks.TaskTimeout`; see :doc:`/shutdown` for what that
-    #: can and cannot do. ``None`` for no limit.
+    #: Seconds the task may run, counted from when it first starts, its
+    #: retries and the waits between them included. Then it is asked to stop
+    #: and fails with :class:`~flask_bgtasks.TaskTimeout`; the worker thread
+    #: stays busy until the function returns. See :ref:`task-timeouts` for
+    #: what that can and cannot do. ``None`` (the default) for no limit.
     timeout: float | None = None
     #: Keep the task in the store until it has finished, so that it runs
-    #: again if its process dies (see :doc:`/persistence`). ``None`` follows
-    #: ``BGTASKS_DURABLE``.
+    #: again if its process dies; needs a shared store such as SQLite. See
+    #: :ref:`durable-tasks`. ``None`` (the default) follows
+    #: :data:`BGTASKS_DURABLE`.
     durable: bool | None = None
     #: Run it again up to this many times after it raised one of
-    #: :attr:`retry_on`.
+    #: :attr:`retry_on`; see :ref:`retries`. Default ``0``, no retries.
     retries: int = 0
-    #: Seconds before the first retry, doubled for each next one, with jitter.
+    #: Seconds before the first retry (default ``1``), doubled for each next
+    #: one up to 10 minutes, with jitter.
     retry_backoff: float = 1.0
-    #: The exception types that are worth a retry.
+    #: The exception type, or a tuple of them, worth a retry (default
+    #: :class:`Exception`); any other exception fails the task at once.
     retry_on: ExceptionTypes = Exception
-    #: Let the HTTP API (:doc:`/http`) show the return value; by default it
-    #: shows only the status.
+    #: Let the :doc:`HTTP API </http>` show the return value in the task's
+    #: status, if it is JSON; by default (``False``) it shows only the status.
     expose_result: bool = False
     #: Let the HTTP API show a failed task's error message and traceback; by
-    #: default it shows only the error's type.
+    #: default (``False``) it shows only the exception's type.
     expose_error: bool = False
 
     def __post_init__(self) -> None:

@@ -91,7 +91,8 @@ class WorkerPool(ProcessLocal):
         :raises QueueFull: If ``queue_size`` tasks are already waiting.
         :raises ShutdownError: After :meth:`close`.
         """
-        self._check_process()
+        # No check_process() here, on the hot path: the runtime calls it
+        # through the backend when it sees a new process.
         with self._lock:
             if self._closed:
                 raise ShutdownError(
@@ -162,7 +163,7 @@ class WorkerPool(ProcessLocal):
 
         :return: ``True`` if the pool went idle, ``False`` at the timeout.
         """
-        self._check_process()
+        self.check_process()
         with self._idle:
             self._joiners += 1
             try:
@@ -179,7 +180,7 @@ class WorkerPool(ProcessLocal):
             instead of running them.
         :return: The messages it took off the queue.
         """
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._closed = True
         dropped = self._drop_queued() if cancel_pending else []

@@ -61,7 +61,7 @@ class ProcessLocal:
     -   :meth:`_after_fork_in_parent` undoes what :meth:`_before_fork` paused;
         it need not restart the stopped threads, which start again on next
         use.
-    -   Public methods call :meth:`_check_process` first. It catches the forks
+    -   Public methods call :meth:`check_process` first. It catches the forks
         done from C that skip the :func:`os.register_at_fork` handlers.
 
     Both hooks do nothing by default. An error in one is logged, and the
@@ -85,8 +85,10 @@ class ProcessLocal:
     def _after_fork_in_parent(self) -> None:
         """The fork is done, in the parent: undo :meth:`_before_fork`."""
 
-    def _check_process(self) -> None:
-        """Rebuild the state if this object was inherited through a fork."""
+    def check_process(self) -> None:
+        """Rebuild the state if this object was inherited through a fork.
+        Its own public methods call it; so does whoever owns it, when it
+        first sees a new process."""
         if self._pid != os.getpid():
             with _reset_lock:
                 if self._pid != os.getpid():
@@ -95,6 +97,11 @@ class ProcessLocal:
     def _reset(self) -> None:
         self._init_state()
         self._pid = os.getpid()
+
+    def _after_fork_in_child(self) -> None:
+        # An object made just now, by another at-fork hook, is fresh.
+        if self._pid != os.getpid():
+            self._reset()
 
 
 class ForkGate:
@@ -171,12 +178,7 @@ def _after_fork_in_child() -> None:
     # thread does not exist here, so they would never be released.
     _registry_lock = threading.Lock()
     _reset_lock = threading.Lock()
-    for instance in _instances():
-        if instance._pid != os.getpid():  # an object made just now is fresh
-            try:
-                instance._reset()
-            except Exception:
-                logger.exception("Resetting %r in a forked child failed.", instance)
+    _call_hooks("_after_fork_in_child", "Resetting %r in a forked child failed.")
 
 
 os.register_at_fork(

@@ -16,6 +16,8 @@ import traceback
 import typing as t
 from datetime import UTC, datetime
 
+from ._errors import TaskCancelled, TaskFailed, UsageError
+
 
 class TaskStatus(enum.StrEnum):
     """Where a task is in its life. Compares equal to its string value.
@@ -96,9 +98,9 @@ class TaskRecord:
     """Everything a store knows about one task, at one moment.
 
     Returned by :meth:`TaskResult.record() <flask_bgtasks.TaskResult.record>`
-    and by the stores; the HTTP API and the ``flask bgtasks`` commands show it. Values that are not JSON (arguments or a
-    return value of a task that is not durable) are kept only as their
-    ``repr``.
+    and by the stores; the HTTP API and the ``flask bgtasks`` commands show
+    it. Values that are not JSON (arguments or a return value of a task
+    that is not durable) are kept only as their ``repr``.
 
     .. versionadded:: 0.1
     """
@@ -164,3 +166,28 @@ class TaskRecord:
             Use :attr:`process`.
         """
         return self.process
+
+
+def stored_value(record: TaskRecord) -> object:
+    """What a task of another process returned, read from its record.
+
+    :raises TaskCancelled: If it was cancelled.
+    :raises TaskFailed: If it failed.
+    :raises UsageError: If the store kept only the value's ``repr``.
+    """
+    if record.status is not TaskStatus.SUCCEEDED:
+        raise stored_error(record)
+    if record.result_repr is not None:
+        raise UsageError(
+            f"Task {record.name!r} (id {record.id}) returned a value that is"
+            f" not JSON, so the store kept only its repr: {record.result_repr}."
+            " Return JSON values to read them from another process."
+        )
+    return record.result
+
+
+def stored_error(record: TaskRecord) -> BaseException:
+    """The error that stands for how a task of another process ended."""
+    if record.status is TaskStatus.CANCELLED:
+        return TaskCancelled(f"Task {record.name!r} (id {record.id}) was cancelled.")
+    return TaskFailed(record)

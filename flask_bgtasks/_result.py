@@ -15,9 +15,17 @@ import typing as t
 from concurrent.futures import CancelledError, Future
 
 from ._current import running_task
-from ._errors import TaskCancelled, TaskFailed, UsageError
+from ._errors import TaskCancelled
 from ._future import LazyFuture
-from ._record import ENDED, TaskRecord, TaskStatus, as_datetime, short_repr, this_process, to_json
+from ._record import (
+    ENDED,
+    TaskRecord,
+    TaskStatus,
+    as_datetime,
+    stored_error,
+    stored_value,
+    this_process,
+)
 
 if t.TYPE_CHECKING:
     from datetime import datetime
@@ -209,7 +217,12 @@ class TaskResult(LazyFuture[R]):
             if record is not None:
                 self._last = record
             return self._last
-        return _record_of(self, execution)
+        status = self.status
+        value = self.result(0) if status is TaskStatus.SUCCEEDED else None
+        snapshot = execution.snapshot()
+        if status is not snapshot.status:  # its end is being published
+            snapshot = snapshot._replace(status=status, finished_at=None)
+        return snapshot.record(this_process(), value)
 
     # -- the Future side ----------------------------------------------------
 
@@ -267,7 +280,7 @@ class TaskResult(LazyFuture[R]):
         """
         execution = self._execution
         if execution is None:
-            return t.cast(R, _stored_value(self._wait_for_record(timeout)))
+            return t.cast(R, stored_value(self._wait_for_record(timeout)))
         if (
             not execution.claimed
             and execution.observer is not None
@@ -288,7 +301,7 @@ class TaskResult(LazyFuture[R]):
             record = self._wait_for_record(timeout)
             if record.status is TaskStatus.SUCCEEDED:
                 return None
-            error = _stored_error(record)
+            error = stored_error(record)
             if isinstance(error, TaskCancelled):
                 raise error
             return error
@@ -316,7 +329,7 @@ class TaskResult(LazyFuture[R]):
         # What wait() and as_completed() take first: for a task of another
         # process they would wait forever, so they get a TypeError instead.
         self._check_local("concurrent.futures.wait() and as_completed()")
-        return LazyFuture._condition.fget(self)  # type: ignore[attr-defined,no-any-return]
+        return super()._condition
 
     def __repr__(self) -> str:
         execution = self._execution
@@ -374,56 +387,3 @@ class TaskResult(LazyFuture[R]):
             # this polls, backing off to twice a second.
             pause.wait(delay if left is None else min(delay, left))
             delay = min(delay * 2, 0.5)
-
-
-def _stored_value(record: TaskRecord) -> object:
-    if record.status is not TaskStatus.SUCCEEDED:
-        raise _stored_error(record)
-    if record.result_repr is not None:
-        raise UsageError(
-            f"Task {record.name!r} (id {record.id}) returned a value that is"
-            f" not JSON, so the store kept only its repr: {record.result_repr}."
-            " Return JSON values to read them from another process."
-        )
-    return record.result
-
-
-def _stored_error(record: TaskRecord) -> BaseException:
-    if record.status is TaskStatus.CANCELLED:
-        return TaskCancelled(f"Task {record.name!r} (id {record.id}) was cancelled.")
-    return TaskFailed(record)
-
-
-def _record_of(handle: TaskResult[t.Any], execution: Execution) -> TaskRecord:
-    status = handle.status
-    message = execution.message
-    args, kwargs = message.args, message.kwargs
-    arguments: t.Any = {"args": list(args), "kwargs": kwargs}
-    if to_json(arguments) is None:
-        arguments = {"args": None, "kwargs": None, "repr": short_repr((args, kwargs))}
-    value: t.Any = None
-    value_repr = None
-    if status is TaskStatus.SUCCEEDED:
-        value = handle.result(0)
-        if to_json(value) is None:
-            value, value_repr = None, short_repr(value)
-    return TaskRecord(
-        id=message.id,
-        name=message.name,
-        pool=message.pool,
-        status=status,
-        durable=message.durable,
-        args=arguments["args"],
-        kwargs=arguments["kwargs"],
-        args_repr=arguments.get("repr"),
-        progress=handle.progress,
-        result=value,
-        result_repr=value_repr,
-        errors=list(execution.errors),
-        attempt=execution.attempt,
-        cancel_requested=execution.cancel_flag,
-        process=this_process(),
-        submitted_at=as_datetime(message.submitted_at),  # type: ignore[arg-type]
-        started_at=as_datetime(execution.started_at),
-        finished_at=as_datetime(execution.finished_at) if status in ENDED else None,
-    )

@@ -15,7 +15,8 @@ import typing as t
 from concurrent.futures import CancelledError
 from contextvars import Context
 
-from ._context import in_task_context, refuse_awaitable, send_outcome, send_started
+from . import signals
+from ._context import in_task_context, outcome_receivers, refuse_awaitable, send_outcome
 from ._current import running_task
 from ._record import TaskStatus
 from ._timeouts import watchdog
@@ -70,22 +71,25 @@ def _attempt(execution: Execution, app: Flask) -> tuple[BaseException | None, fl
     """One attempt, inside the task's app context: call the function,
     publish what came of it, send the signals. Returns the exception for the
     context's teardown, and the delay before a retry, if one follows."""
-    send_started(app, execution.handle)
+    handle = execution.handle
+    if signals.task_started.receivers:
+        signals.task_started.send(app, task=handle)
     message = execution.message
     error = None
     delay = None
     try:
         value = execution.call(*message.args, **message.kwargs)
-        refuse_awaitable(message.name, value)
+        if value is not None:
+            refuse_awaitable(message.name, value)
     except BaseException as exc:
         error = exc
         delay = _failed(execution, exc)
     else:
         _succeeded(execution, value)
-    if delay is None and execution.handle.done():
+    if delay is None and outcome_receivers() and handle.done():
         # What was published, which is not what the function did if a
         # timeout or the shutdown deadline ended the task first.
-        send_outcome(app, execution.handle)
+        send_outcome(app, handle)
     return error, delay
 
 

@@ -105,7 +105,8 @@ class Runtime(ProcessLocal):
             must run no task, start no thread and write nothing: the
             process it starts to serve loads the app again, and runs them.
         """
-        self._check_process()
+        self.check_process()
+        self.backend.check_process()
         check_not_forking_per_request()
         if is_reloader_watcher():
             return False

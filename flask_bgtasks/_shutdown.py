@@ -15,8 +15,10 @@ import signal
 import threading
 import time
 import typing as t
+import warnings
 import weakref
 
+from ._context import app_context
 from ._errors import UsageError
 from ._record import TaskStatus
 
@@ -29,8 +31,9 @@ if t.TYPE_CHECKING:
 #: One step of a shutdown for one app: its runtime, whether to cancel what
 #: is queued, and the time.monotonic() deadline (``None``: wait for ever).
 Plan = t.Sequence[tuple["Runtime", bool, "float | None"]]
-#: Called once per app after its tasks have drained, with its runtime.
-Hooks = t.Callable[["Runtime"], None]
+#: The on_shutdown hooks: called once per app, in its app context, after
+#: its tasks have drained.
+Hooks = t.Sequence[t.Callable[[], object]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +247,35 @@ def _already_exiting(signum: int, frame: FrameType | None) -> None:
 
 # -- the procedure ----------------------------------------------------------
 
+#: Stands for "not given" among shutdown()'s arguments.
+UNSET: t.Any = object()
+
+
+def keyword_arguments(
+    args: tuple[t.Any, ...], wait: bool, timeout: float | None, cancel_pending: bool
+) -> tuple[bool, float | None, bool]:
+    """shutdown()'s arguments, with the deprecated positional ones
+    (``shutdown(True, 5)``) mapped onto the keywords, and the defaults."""
+    given: dict[str, t.Any] = {"wait": wait, "timeout": timeout, "cancel_pending": cancel_pending}
+    if args:
+        if len(args) > 3:
+            raise TypeError(f"shutdown() takes at most 3 arguments, got {len(args)}.")
+        warnings.warn(
+            "Passing shutdown()'s arguments by position is deprecated; name"
+            " them: shutdown(wait=..., timeout=..., cancel_pending=...).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        for name, value in zip(given, args):
+            if given[name] is not UNSET:
+                raise TypeError(f"shutdown() got multiple values for argument {name!r}.")
+            given[name] = value
+    return (
+        True if given["wait"] is UNSET else bool(given["wait"]),
+        None if given["timeout"] is UNSET else given["timeout"],
+        False if given["cancel_pending"] is UNSET else bool(given["cancel_pending"]),
+    )
+
 
 def shutdown(plan: Plan, wait: bool, hooks: Hooks, *, at_exit: bool = False) -> ShutdownSummary:
     """Take every app of ``plan`` through the shutdown, each step for every
@@ -274,7 +306,7 @@ def shutdown(plan: Plan, wait: bool, hooks: Hooks, *, at_exit: bool = False) -> 
             cancelled += late_cancelled
             interrupted += late_interrupted
     for runtime, _, _ in plan:
-        hooks(runtime)
+        _run_hooks(runtime, hooks)
         # Last, so that the tasks' outcomes are written and the upkeep
         # renewed their leases until they ended.
         runtime.store.close()
@@ -340,6 +372,18 @@ def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
             "Durable background tasks left in the store for the next process: %s",
             ", ".join(summary.released),
         )
+
+
+def _run_hooks(runtime: Runtime, hooks: Hooks) -> None:
+    if runtime.hooks_ran or not hooks:
+        return
+    runtime.hooks_ran = True
+    with app_context(runtime.app):
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("The on_shutdown hook %r raised an exception.", hook)
 
 
 def _ids(executions: t.Iterable[Execution], *, released: bool) -> list[str]:

@@ -58,6 +58,8 @@ class Task(t.Generic[P, R]):
         self.fn = fn
         #: Whether it runs a view for :meth:`BGTasks.background_view`.
         self.is_view = is_view
+        #: For a background view: what its route calls, which submits it.
+        self.view: t.Callable[..., t.Any] | None = None
         self._runtime_of = runtime_of
         # Name and docstring, but not the function's __dict__, which could
         # overwrite the attributes above.

@@ -57,7 +57,7 @@ class Watchdog(ProcessLocal):
 
     def watch(self, execution: Execution, seconds: float) -> None:
         """End ``execution`` if it is still running ``seconds`` from now."""
-        self._check_process()
+        self.check_process()
         with self._lock:
             heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), execution))
             if self._thread is None:

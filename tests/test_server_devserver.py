@@ -152,7 +152,8 @@ def test_forking_dev_server_refuses_tasks(tmp_path: Path) -> None:
         assert status == 500
         assert not isinstance(body, dict)
         server.wait_output(
-            "UsageError: Background tasks cannot run under the development server with processes > 1"
+            "UsageError: Background tasks cannot run under the development server"
+            " with processes > 1"
         )
 
     assert read_log(log) == []

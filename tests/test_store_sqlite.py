@@ -365,8 +365,7 @@ def test_tasks_of_a_live_process_are_never_taken(
         result = held.submit()
         gate.wait_entered()
     # Another process's store (another owner), which knows the task too.
-    other = SQLiteStore(db, None, 100, lease=0.3)
-    other._owner = "other:2"
+    other = SQLiteStore(db, None, 100, lease=0.3, process="other:2")
     taken = []
     other._recover, other._task_names = taken.append, lambda: ["tests.held"]  # type: ignore[method-assign,assignment]
     first_lease = rows(db, store_app)[result.id]["lease_until"]

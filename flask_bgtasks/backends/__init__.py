@@ -77,6 +77,11 @@ class Backend(abc.ABC):
         """At the deadline: start none of the messages still queued. The
         runtime then cancels them, and ends the running ones."""
 
+    def check_process(self) -> None:
+        """This process submits for the first time (a forked child, say):
+        drop whatever queues, locks and threads a fork copied. The default
+        does nothing."""
+
     def unknown_pool(self, pool: str) -> UsageError:
         """The error for a task that names a pool this app does not have."""
         known = ", ".join(sorted(self.pool_names))

@@ -34,6 +34,10 @@ class ThreadBackend(Backend):
             raise self.unknown_pool(message.pool) from None
         worker_pool.submit(message)
 
+    def check_process(self) -> None:
+        for pool in self.pools.values():
+            pool.check_process()
+
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         for pool in self.pools.values():

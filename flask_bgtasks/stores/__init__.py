@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 import re
 import typing as t
 
@@ -22,6 +23,7 @@ from .._errors import ConfigError, ConfigTypeError
 if t.TYPE_CHECKING:
     from flask import Flask
 
+    from .._config import Config
     from .._message import TaskSnapshot
     from .._record import TaskRecord, TaskStatus
     from .._result import TaskResult
@@ -173,6 +175,27 @@ def parse_url(value: object) -> tuple[str, str | None]:
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value) and not value.startswith("sqlite:"):
         return "import", value
     raise ConfigError(f"BGTASKS_STORE must be {accepted}; got {value!r}.")
+
+
+def open_store(app: Flask, config: Config) -> TaskStore:
+    """The store that ``BGTASKS_STORE`` names, for ``app``."""
+    kind, path = config.store
+    if kind == "memory" or path is None:
+        from .memory import MemoryStore
+
+        return MemoryStore(config.result_ttl, config.max_results)
+    if kind == "import":
+        return from_import_path(path, app)
+    from .sqlite import SQLiteStore
+
+    # os.path.join keeps an absolute path as it is.
+    return SQLiteStore(
+        os.path.join(app.instance_path, path),
+        config.result_ttl,
+        config.max_results,
+        config.store_lease,
+        max_payload_bytes=config.max_payload_bytes,
+    )
 
 
 def from_import_path(path: str, app: Flask) -> TaskStore:

@@ -70,7 +70,8 @@ def value_too_large(
     snapshot: TaskSnapshot, value: object, size: int, limit: int
 ) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"Task {snapshot.message.name!r} (id {snapshot.message.id}) returned a {type(value).__name__}"
+        f"Task {snapshot.message.name!r} (id {snapshot.message.id}) returned a"
+        f" {type(value).__name__}"
         f" too large for the task store: {size} bytes as JSON, over"
         f" BGTASKS_MAX_PAYLOAD_BYTES ({limit} bytes). The value was dropped and"
         " the task failed. Return something small, such as an id or the path of"

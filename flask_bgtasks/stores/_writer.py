@@ -136,7 +136,7 @@ class Writer(ProcessLocal):
 
     def start(self) -> None:
         """Start the writer thread. Idempotent; not after :meth:`close`."""
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._started = True
             self._restart()
@@ -163,7 +163,7 @@ class Writer(ProcessLocal):
         :param cleanup: End its batch with the cleanup statement.
         :raises StoreError: If it waited, and the statement failed.
         """
-        self._check_process()
+        self.check_process()
         statement = Statement(sql, params, then, None)
         statement.cleanup = cleanup
         with self._lock:
@@ -198,7 +198,7 @@ class Writer(ProcessLocal):
     def flush(self) -> None:
         """Wait until every statement queued so far is committed, so that a
         read sees this process's own writes."""
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._dormant = False
             self._restart()
@@ -213,7 +213,7 @@ class Writer(ProcessLocal):
 
     def close(self) -> None:
         """Commit what is queued, stop the thread, close the connection."""
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._stopping = True
             thread = self._thread

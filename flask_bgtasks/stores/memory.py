@@ -45,7 +45,7 @@ class MemoryStore(TaskStore, ProcessLocal):
         self._unfinished: set[str] = set()
 
     def keep(self, task_id: str, handle: TaskResult[t.Any]) -> None:
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._handles[task_id] = handle
             self._unfinished.add(task_id)
@@ -60,7 +60,7 @@ class MemoryStore(TaskStore, ProcessLocal):
                 self._evict()
 
     def handle(self, task_id: str) -> TaskResult[t.Any] | None:
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._evict()
             return self._handles.get(task_id)
@@ -70,7 +70,7 @@ class MemoryStore(TaskStore, ProcessLocal):
         return None if handle is None else handle.record()
 
     def records(self, status: TaskStatus | None = None, limit: int = 50) -> list[TaskRecord]:
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._evict()
             handles = list(self._handles.values())
@@ -84,7 +84,7 @@ class MemoryStore(TaskStore, ProcessLocal):
         return handle is not None and handle.cancel()
 
     def purge(self, older_than: float) -> int:
-        self._check_process()
+        self.check_process()
         before = time.monotonic() - older_than
         with self._lock:
             old = [task_id for task_id, at in self._finished.items() if at <= before]
@@ -94,7 +94,7 @@ class MemoryStore(TaskStore, ProcessLocal):
         return len(old)
 
     def __len__(self) -> int:
-        self._check_process()
+        self.check_process()
         with self._lock:
             self._evict()
             return len(self._handles)

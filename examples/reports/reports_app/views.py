@@ -23,7 +23,8 @@ INDEX_HTML = """<!doctype html>
 <h1>Build a report in the background</h1>
 <form method="post" action="{{ url_for('reports.submit') }}">
   <label>Rows ({{ min_rows }}-{{ max_rows }}):
-    <input name="n" type="number" min="{{ min_rows }}" max="{{ max_rows }}" value="{{ default_rows }}">
+    <input name="n" type="number" min="{{ min_rows }}" max="{{ max_rows }}"
+           value="{{ default_rows }}">
   </label>
   <button type="submit">Build</button>
 </form>

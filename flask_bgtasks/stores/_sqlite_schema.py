@@ -1,0 +1,107 @@
+"""The SQLite store's file: its schema, and how a connection to it is
+opened and the file checked.
+
+Owns the table and its indexes, the schema version, and the statement that
+keeps ``BGTASKS_MAX_RESULTS``. Knows nothing of tasks, threads, or Flask.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from .._errors import StoreError
+
+#: Seconds a statement waits for another process's write to finish.
+BUSY_TIMEOUT = 30.0
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bgtasks_task (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    durable INTEGER NOT NULL,
+    arguments TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress TEXT,
+    outcome TEXT,
+    errors TEXT NOT NULL DEFAULT '[]',
+    attempt INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS bgtasks_task_lease
+    ON bgtasks_task (lease_until) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS bgtasks_task_finished
+    ON bgtasks_task (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS bgtasks_task_submitted ON bgtasks_task (submitted_at);
+"""
+
+# Keeps the newest finished rows, as many as the parameter says.
+EVICT_OLDEST = (
+    "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
+    " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)"
+)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open a connection to the store's file, in WAL mode."""
+    db = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT,
+        isolation_level=None,  # autocommit: each statement is a transaction
+        check_same_thread=False,  # shared by this process's threads, under _lock
+    )
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode, NORMAL loses no data on a process crash, only on
+    # power loss, and saves an fsync per commit.
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def check_database(path: str) -> None:
+    """Create the file and its folder if missing, and the schema.
+
+    :raises StoreError: If the file can't be opened, written, was written by
+        a newer version, or is not a healthy SQLite database.
+    """
+    folder = os.path.dirname(path)
+    try:
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        db = connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise _unusable(path, exc) from exc
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _SCHEMA_VERSION:
+            raise StoreError(
+                f"The task store {path} was written by a newer version of"
+                f" Flask-BGTasks (schema {version}). Upgrade Flask-BGTasks, or"
+                " point BGTASKS_STORE at another file."
+            )
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check says: {check}")
+        db.executescript(_SCHEMA)
+        # Proves the file is writable, also when the schema existed.
+        db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+    except sqlite3.Error as exc:
+        raise _unusable(path, exc) from exc
+    finally:
+        db.close()
+
+
+def _unusable(path: str, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"The task store BGTASKS_STORE can't use the SQLite file {path}:"
+        f" {exc}. Make sure its folder exists and this process may write"
+        " there; if the file is damaged or is not a SQLite database, move it"
+        " away and a new one is created."
+    )
