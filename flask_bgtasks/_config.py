@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing as t
 
 from ._errors import ConfigError, ConfigTypeError
@@ -40,6 +41,8 @@ class Config:
     pools: t.Mapping[str, PoolConfig]
     result_ttl: float | None
     max_results: int
+    #: ``"threads"``, or the import path of a Backend subclass.
+    backend: str
     eager: bool
     shutdown_timeout: float
     shutdown_queued: str
@@ -67,6 +70,7 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_POOLS", {})
     config.setdefault("BGTASKS_RESULT_TTL", 3600)
     config.setdefault("BGTASKS_MAX_RESULTS", 10_000)
+    config.setdefault("BGTASKS_BACKEND", "threads")
     config.setdefault("BGTASKS_EAGER", False)
     config.setdefault("BGTASKS_SHUTDOWN_TIMEOUT", 20.0)
     config.setdefault("BGTASKS_SHUTDOWN_QUEUED", "run")
@@ -102,6 +106,7 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         pools=pools,
         result_ttl=_seconds("BGTASKS_RESULT_TTL", config["BGTASKS_RESULT_TTL"]),
         max_results=_int("BGTASKS_MAX_RESULTS", config["BGTASKS_MAX_RESULTS"], 0),
+        backend=_backend(config["BGTASKS_BACKEND"]),
         eager=_bool("BGTASKS_EAGER", config["BGTASKS_EAGER"]),
         shutdown_timeout=_seconds(
             "BGTASKS_SHUTDOWN_TIMEOUT", config["BGTASKS_SHUTDOWN_TIMEOUT"], none=False
@@ -231,6 +236,19 @@ def _prefix(value: object) -> str:
             f"{key} must be a URL path that starts with '/' and does not end with"
             f" one, without variables, such as '/tasks' or '/api/jobs'; got {value!r}."
         )
+    return value
+
+
+def _backend(value: object) -> str:
+    key = "BGTASKS_BACKEND"
+    accepted = (
+        "'threads', or the import path of a flask_bgtasks.backends.Backend"
+        " subclass, such as 'myapp.backends:ProcessBackend'"
+    )
+    if not isinstance(value, str):
+        raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
+    if value != "threads" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+        raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
     return value
 
 

@@ -284,7 +284,7 @@ class Execution:
         """End the task at its timeout (the watchdog calls this)."""
         return self._stop(
             TaskTimeout(
-                f"Task {self.message.name!r} (id {self.message.id}) did not finish"
+                f"Task {self.message.name!r} (id {self.handle.id}) did not finish"
                 f" within its timeout of {self.message.options.timeout:g} s. It was"
                 " asked to stop; its worker thread stays busy until the function"
                 " returns."
@@ -302,7 +302,7 @@ class Execution:
         )
         return self._stop(
             TaskCancelled(
-                f"Task {self.message.name!r} (id {self.message.id}) was still running"
+                f"Task {self.message.name!r} (id {self.handle.id}) was still running"
                 f" at the shutdown deadline and was interrupted. It was asked to"
                 f" stop; {then}."
             )
@@ -328,7 +328,7 @@ class Execution:
 
     def cancelled_error(self) -> TaskCancelled:
         """The error that ends a task which stopped after a cancel request."""
-        return TaskCancelled(f"Task {self.message.name!r} (id {self.message.id}) was cancelled.")
+        return TaskCancelled(f"Task {self.message.name!r} (id {self.handle.id}) was cancelled.")
 
     # -- what others see ----------------------------------------------------
 

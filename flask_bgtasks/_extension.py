@@ -112,16 +112,7 @@ class BGTasks:
             from ._http import make_blueprint
 
             app.register_blueprint(make_blueprint(self, self._authorize, config.api_prefix))
-        if runtime.shared:
-            # A worker process that serves requests runs tasks, so it takes
-            # part in the store's upkeep even before it submits any.
-            app.before_request(runtime.activate_store)
-            app.after_request(runtime.flush_store)
-        # An app that is gone has no queued tasks (each holds its app), so
-        # its idle workers may stop; without this they would wait for the
-        # garbage collector to break the cycle between tasks and the store.
-        weakref.finalize(app, runtime.backend.close)
-        weakref.finalize(app, runtime.store.close)
+        runtime.install(app)
         drain_at_exit(self._drain_at_exit)
 
     def _runtime(self, app: Flask) -> Runtime:
@@ -154,14 +145,8 @@ class BGTasks:
             @bg.task(pool="reports", copy_request=True)
             def export() -> str: ...
 
-            @bg.task(timeout=120)
-            def fetch_feed(url: str) -> bytes: ...
-
             @bg.task(durable=True, retries=3, retry_on=ConnectionError)
             def send_invoice(invoice_id: int) -> None: ...
-
-            @bg.task(expose_result=True)
-            def build_report(user_id: int) -> dict: ...
 
         The task keeps its options as :attr:`Task.options
         <flask_bgtasks.Task.options>`.
@@ -260,12 +245,7 @@ class BGTasks:
                 " for the results you need with result() instead."
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        for runtime in list(self._apps.values()):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not runtime.backend.join(left):
-                return False
-            runtime.store.flush()
-        return True
+        return all(runtime.join(deadline) for runtime in list(self._apps.values()))
 
     def authorize(self, fn: A) -> A:
         """Register the function that decides who may see and cancel a task

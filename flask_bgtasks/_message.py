@@ -39,7 +39,9 @@ class TaskMessage(t.NamedTuple):
     name: str
     #: The pool, or engine queue, it runs on.
     pool: str
+    #: The positional arguments.
     args: tuple[t.Any, ...]
+    #: The keyword arguments.
     kwargs: dict[str, t.Any]
     #: How it runs: timeout, retries and the rest.
     options: TaskOptions
@@ -86,7 +88,9 @@ class TaskSnapshot(t.NamedTuple):
     .. versionadded:: 0.2
     """
 
+    #: What runs.
     message: TaskMessage
+    #: Where it is in its life.
     status: TaskStatus
     #: How many attempts have started, counting those of earlier processes.
     attempt: int
@@ -94,8 +98,11 @@ class TaskSnapshot(t.NamedTuple):
     progress: dict[str, t.Any] | None
     #: One dict per failed attempt, oldest first.
     errors: tuple[dict[str, t.Any], ...]
+    #: Whether it was asked to stop, as far as this process knows.
     cancel_requested: bool
+    #: When an attempt first started, a Unix time.
     started_at: float | None
+    #: When it ended, a Unix time.
     finished_at: float | None
     #: Set on a durable task that shutdown stopped or never started: it is
     #: not over, and the store keeps it to run again in the next process.

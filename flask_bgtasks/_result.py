@@ -349,10 +349,11 @@ class TaskResult(LazyFuture[R]):
     def _check_local(self, what: str) -> None:
         if self._execution is None:
             raise TypeError(
-                f"{what} can't take the handle of task {self._remote().name!r} (id"
-                f" {self._remote().id}): it runs in another process, so this one"
-                " never sees it end. Wait with result(timeout) or exception(timeout),"
-                " which read the store."
+                f"{what} can't take this handle of task {self._remote().name!r} (id"
+                f" {self._remote().id}): it reads the task's record in the store (the"
+                " task runs in another process, or had ended when it was looked up),"
+                " so nothing settles it as a Future. Wait with result(timeout) or"
+                " exception(timeout), which read the store."
             )
 
     def _cancel_error(self) -> CancelledError:

@@ -125,15 +125,18 @@ def _failed(execution: Execution, exc: BaseException) -> float | None:
         status = TaskStatus.CANCELLED
     else:
         status = TaskStatus.FAILED
+    # Read before the end, through the handle: the log names the id, so the
+    # task can be looked up by it as soon as its waiters wake.
+    task_id = execution.handle.id
     if not execution.end(status, error=exc):
         logger.info("Task %r raised %r after it was ended; it is discarded.", execution.handle, exc)
     elif status is TaskStatus.CANCELLED:
-        logger.info("Task %r (id %s) was cancelled while running.", message.name, message.id)
+        logger.info("Task %r (id %s) was cancelled while running.", message.name, task_id)
     else:
         logger.error(
             "Task %r (id %s) failed.",
             message.name,
-            message.id,
+            task_id,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
     return None
@@ -150,7 +153,7 @@ def _retry_delay(execution: Execution, exc: BaseException) -> float | None:
     logger.warning(
         "Task %r (id %s) attempt %d failed; retrying in %.1f s.",
         message.name,
-        message.id,
+        execution.handle.id,
         execution.attempt,
         delay,
         exc_info=(type(exc), exc, exc.__traceback__),

@@ -30,8 +30,8 @@ from ._message import NO_KWARGS, TaskMessage, check_json, new_id
 from ._process import ProcessLocal
 from ._result import TaskResult
 from ._run import run
+from .backends import backend_class
 from .backends.eager import EagerBackend
-from .backends.threads import ThreadBackend
 
 if t.TYPE_CHECKING:
     from flask import Flask, Response
@@ -70,8 +70,10 @@ class Runtime(ProcessLocal):
         self.store = store
         self.shared = store.shared
         self.tasks = tasks
-        backend_class = EagerBackend if config.eager else ThreadBackend
-        self.backend: Backend = backend_class(config.pools, app.name, self.run_message)
+        # Eager mode, for tests, runs every task in submit() whatever the
+        # backend.
+        backend = EagerBackend if config.eager else backend_class(config.backend)
+        self.backend: Backend = backend(config.pools, app.name, self.run_message)
         #: The process that submitted to this app last; ``None`` before any.
         #: A Gunicorn master with ``--preload`` or the reloader's watcher
         #: never submits, so the drain at exit leaves it alone.
@@ -94,6 +96,30 @@ class Runtime(ProcessLocal):
         if app is None:  # pragma: no cover - a task outlived its app
             raise UsageError("The app this task belongs to no longer exists.")
         return app
+
+    def install(self, app: Flask) -> None:
+        """Hook into ``app``: the store's upkeep in the processes that serve
+        requests, and cleanup when the app is gone."""
+        if self.shared:
+            # A worker process that serves requests runs tasks, so it takes
+            # part in the store's upkeep even before it submits any.
+            app.before_request(self.activate_store)
+            app.after_request(self.flush_store)
+        # An app that is gone has no queued tasks (each holds its app), so
+        # its idle workers may stop; without this they would wait for the
+        # garbage collector to break the cycle between tasks and the store.
+        weakref.finalize(app, self.backend.close)
+        weakref.finalize(app, self.store.close)
+
+    def join(self, deadline: float | None) -> bool:
+        """Wait until no task is queued or running and the store has
+        committed what they wrote, until the :func:`time.monotonic`
+        ``deadline``; ``False`` if it passed first."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self.backend.join(left):
+            return False
+        self.store.flush()
+        return True
 
     # -- this process -------------------------------------------------------
 
@@ -366,4 +392,4 @@ def _log_cancelled(execution: Execution, when: str) -> None:
     else:
         then = "was cancelled"
     message = execution.message
-    logger.warning("Task %r (id %s) %s and %s.", message.name, message.id, when, then)
+    logger.warning("Task %r (id %s) %s and %s.", message.name, execution.handle.id, when, then)

@@ -293,7 +293,7 @@ def shutdown(plan: Plan, wait: bool, hooks: Hooks, *, at_exit: bool = False) -> 
         return ShutdownSummary(
             cancelled=_ids(cancelled, released=False),
             released=_ids(cancelled, released=True),
-            unfinished=[execution.message.id for execution in unfinished if not execution.ended],
+            unfinished=[execution.handle.id for execution in unfinished if not execution.ended],
         )
     interrupted: list[Execution] = []
     for runtime, _, deadline in plan:
@@ -341,7 +341,7 @@ def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
         for runtime in runtimes
         if runtime.active_pid == pid
     ]
-    pending = [execution.message.id for runtime, _, _ in plan for execution in runtime.unfinished()]
+    pending = [execution.handle.id for runtime, _, _ in plan for execution in runtime.unfinished()]
     if pending and quick:
         logger.warning(
             "Stopping quickly: ending %d background tasks now: %s",
@@ -387,4 +387,5 @@ def _run_hooks(runtime: Runtime, hooks: Hooks) -> None:
 
 
 def _ids(executions: t.Iterable[Execution], *, released: bool) -> list[str]:
-    return [execution.message.id for execution in executions if execution.released is released]
+    # Through the handle: a task named in a summary can be looked up.
+    return [execution.handle.id for execution in executions if execution.released is released]

@@ -13,9 +13,10 @@ gone. See :doc:`/architecture` for how to write one.
 from __future__ import annotations
 
 import abc
+import importlib
 import typing as t
 
-from .._errors import UsageError
+from .._errors import ConfigError, ConfigTypeError, UsageError
 
 if t.TYPE_CHECKING:
     from .._config import PoolConfig
@@ -89,3 +90,33 @@ class Backend(abc.ABC):
             f"There is no task pool named {pool!r} in {self.name!r}; the pools"
             f" are: {known}. Add it to BGTASKS_POOLS or fix the task's 'pool'."
         )
+
+
+def backend_class(spec: str) -> type[Backend]:
+    """The backend ``BGTASKS_BACKEND`` names: ``"threads"``, or the import
+    path ``module:Class`` of a :class:`Backend` subclass.
+
+    :raises ConfigError: If it can't be imported.
+    :raises ConfigTypeError: If it is not a :class:`Backend` subclass.
+    """
+    if spec == "threads":
+        from .threads import ThreadBackend
+
+        return ThreadBackend
+    module_name, _, name = spec.partition(":")
+    try:
+        found: t.Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"BGTASKS_BACKEND is {spec!r}, which can't be imported: {exc}. Give"
+            " 'threads', or 'module:Class' where the class subclasses"
+            " flask_bgtasks.backends.Backend."
+        ) from exc
+    if not (isinstance(found, type) and issubclass(found, Backend)):
+        raise ConfigTypeError(
+            f"BGTASKS_BACKEND names {spec!r}, which is {found!r}; it must be a"
+            " subclass of flask_bgtasks.backends.Backend."
+        )
+    return found

@@ -30,13 +30,13 @@ bg = BGTasks()
 @bg.authorize
 def started_by_this_browser(record: TaskRecord) -> bool:
     """Each browser sees and cancels only the reports it started."""
-    owner = (record.kwargs or {}).get("owner")
-    return owner is not None and owner == session.get("owner")
+    user = (record.kwargs or {}).get("user")
+    return user is not None and user == session.get("user")
 
 
 @bg.task(durable=True, expose_result=True, name="progress.generate_report")
-def generate_report(pages: int, owner: str) -> dict[str, t.Any]:
-    """Render ``pages`` pages, one step at a time. ``owner`` says who asked."""
+def generate_report(pages: int, user: str) -> dict[str, t.Any]:
+    """Render ``pages`` pages, one step at a time. ``user`` says who asked."""
     step: float = current_app.config["STEP_SECONDS"]
     for page in range(1, pages + 1):
         # Between two pages is a safe place to stop.
@@ -65,13 +65,13 @@ def create_app(test_config: t.Mapping[str, t.Any] | None = None) -> Flask:
 
     @app.get("/")
     def index() -> str:
-        session.setdefault("owner", secrets.token_urlsafe(16))
+        session.setdefault("user", secrets.token_urlsafe(16))
         return render_template("index.html", pages=app.config["PAGES"])
 
     @app.post("/reports")
     def start_report() -> tuple[t.Any, int]:
-        owner = session.setdefault("owner", secrets.token_urlsafe(16))
-        result = generate_report.submit(app.config["PAGES"], owner=owner)
+        user = session.setdefault("user", secrets.token_urlsafe(16))
+        result = generate_report.submit(app.config["PAGES"], user=user)
         return jsonify(
             id=result.id, status_url=f"{app.config['BGTASKS_API_PREFIX']}/{result.id}"
         ), 202

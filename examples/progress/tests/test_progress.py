@@ -13,7 +13,7 @@ HEADERS = {"X-Requested-With": "fetch"}
 
 
 def start(client: FlaskClient) -> dict[str, t.Any]:
-    client.get("/")  # the page gives the browser its owner id
+    client.get("/")  # the page gives the browser its user id
     response = client.post("/reports", headers=HEADERS)
     assert response.status_code == 202
     return response.get_json()  # type: ignore[no-any-return]
