@@ -26,7 +26,7 @@ from ._result import TaskResult
 from ._shutdown import ShutdownSummary, install_sigterm_handler, quick_stop
 from ._task import Task
 
-#: The handle of a task in a shared store: since 0.2 the same class as every
+#: The handle of a task in a shared store: now the same class as every
 #: handle, :class:`TaskResult`. Deprecated alias.
 StoredResult = TaskResult
 

@@ -88,6 +88,7 @@ class Execution:
         "_claimed",
         "_ended",
         "_kept",
+        "_waiting",
         "_wake",
     )
 
@@ -122,6 +123,8 @@ class Execution:
         self._claimed = False
         self._ended = False
         self._kept = False
+        # Between two attempts: queued again, until the next one starts.
+        self._waiting = False
         self._wake: threading.Event | None = None
         #: The user's view of it.
         self.handle: TaskResult[t.Any] = TaskResult(self)
@@ -158,8 +161,13 @@ class Execution:
     # -- its run ------------------------------------------------------------
 
     def start_attempt(self) -> bool:
-        """Count a new attempt; ``False`` if the store refused it, and then
-        the task has ended as cancelled."""
+        """Count a new attempt; ``False`` if the task has ended meanwhile
+        (its timeout, a cancel during a retry wait) or the store refused it,
+        and then the task has ended as cancelled."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._waiting = False
         self.attempt += 1
         first = self.started_at is None
         if first:
@@ -184,6 +192,8 @@ class Execution:
         """The attempt failed and another follows: the task is queued
         again. Made wakeable first, so a cancel() from now on wakes it."""
         self._wake = threading.Event()
+        with self._lock:
+            self._waiting = True
         self.status = TaskStatus.QUEUED
         if self.observer is not None:
             self.observer.changed(self)
@@ -228,6 +238,18 @@ class Execution:
                 return False
             self._ended = True
             kept = self._kept
+        self._publish(status, value, error, kept, add_error)
+        return True
+
+    def _publish(
+        self,
+        status: TaskStatus,
+        value: object,
+        error: BaseException | None,
+        kept: bool,
+        add_error: bool,
+    ) -> None:
+        # The end, once decided.
         if add_error and error is not None:
             self.add_error(error)
         self.finished_at = time.time()
@@ -242,7 +264,6 @@ class Execution:
             self.handle.set_exception(error)
         else:
             self.handle.set_cancelled()
-        return True
 
     def cancel_queued(self, *, release: bool = False) -> bool:
         """Cancel the task if it has not started; ``True`` if this call did.
@@ -255,6 +276,23 @@ class Execution:
         self.released = release and self.message.durable
         error = TaskCancelled(f"Task {self.message.name!r} was cancelled before it started.")
         self.end(TaskStatus.CANCELLED, error=error)
+        if self.observer is not None:
+            self.observer.cancelled_while_queued(self)
+        return True
+
+    def cancel_waiting(self) -> bool:
+        """Cancel the task if it waits for its next attempt; ``True`` if
+        this call did. Its worker wakes and starts nothing more."""
+        with self._lock:
+            if not self._waiting or self._ended:
+                return False
+            self._waiting = False
+            self._ended = True
+            kept = self._kept
+        self._cancel_flag = True
+        self._publish(TaskStatus.CANCELLED, None, self.cancelled_error(), kept, True)
+        if self._wake is not None:
+            self._wake.set()
         if self.observer is not None:
             self.observer.cancelled_while_queued(self)
         return True

@@ -70,7 +70,7 @@ class BGTasks:
     def tasks(self) -> t.Mapping[str, Task[..., t.Any]]:
         """Every task declared with this instance, by name (read-only).
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return types.MappingProxyType(self._tasks)
 
@@ -205,7 +205,7 @@ class BGTasks:
 
         :raises UsageError: Outside an app context.
 
-        .. versionchanged:: 0.2
+        .. versionchanged:: 0.1
             Always a :class:`~flask_bgtasks.TaskResult`.
         """
         if not isinstance(task_id, str):
@@ -219,7 +219,7 @@ class BGTasks:
 
         :raises UsageError: Outside an app context.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._runtime(get_app()).cancel(task_id)
 
@@ -321,7 +321,7 @@ class BGTasks:
             def export(): ...
 
         .. versionadded:: 0.1
-        .. versionchanged:: 0.2
+        .. versionchanged:: 0.1
             ``owner=`` is now ``user=``.
         """
         from ._http import background_view, user_key
@@ -378,7 +378,7 @@ class BGTasks:
         :return: What happened to the tasks that were unfinished.
         :raises UsageError: If called with ``wait`` inside a task.
 
-        .. versionchanged:: 0.2
+        .. versionchanged:: 0.1
             The arguments are keyword-only; positional ones still work, with
             a :class:`DeprecationWarning`.
         """

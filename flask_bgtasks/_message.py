@@ -30,7 +30,7 @@ class TaskMessage(t.NamedTuple):
     run function wherever it runs tasks. Plain data, like Dramatiq's
     message: a backend outside this process sends :meth:`to_json`.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: A URL-safe id with 144 random bits, unique to this task.
@@ -85,7 +85,7 @@ class TaskMessage(t.NamedTuple):
 class TaskSnapshot(t.NamedTuple):
     """A task at one moment, as its store is told about a change.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: What runs.

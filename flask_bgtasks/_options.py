@@ -32,7 +32,7 @@ class TaskOptions:
     :raises InvalidTaskError: If an option has the wrong type or range; the
         message names the task and the option.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: The name in logs, signals and records; ``module.qualname`` of the
@@ -91,19 +91,19 @@ class TaskOptions:
                 raise InvalidTaskError(
                     f"Task {name!r}: {option!r} must be True or False, got {value!r}."
                 )
-        copy_g: object = self.copy_g
-        if (
-            isinstance(copy_g, str)
-            or not isinstance(copy_g, t.Iterable)
-            or not all(isinstance(key, str) for key in copy_g)
-        ):
+        given: object = self.copy_g
+        copy_g = given
+        if not isinstance(copy_g, str) and isinstance(copy_g, t.Iterable):
+            # Once, before it is checked: a generator can be read only once.
+            copy_g = tuple(copy_g)
+        if not isinstance(copy_g, tuple) or not all(isinstance(key, str) for key in copy_g):
             raise InvalidTaskError(
                 f"Task {name!r}: 'copy_g' must be a list of attribute names of"
-                f" 'g', such as ['user_id'], got {copy_g!r}."
+                f" 'g', such as ['user_id'], got {given!r}."
             )
         # A frozen dataclass sets its normalised fields the way its own
         # __init__ does.
-        object.__setattr__(self, "copy_g", tuple(copy_g))
+        object.__setattr__(self, "copy_g", copy_g)
         timeout = self.timeout
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0

@@ -137,7 +137,7 @@ class TaskRecord:
     cancel_requested: bool
     #: The process that runs or ran it, ``host:pid``, if known: a task of
     #: another process that the memory store can't see is not found at all.
-    #: Called ``owner`` before 0.2, which was also the user of a background
+    #: Once called ``owner``, which was also the user of a background
     #: view; that name still works, for reading.
     process: str | None
     #: When it was submitted (timezone-aware, UTC).
@@ -162,7 +162,7 @@ class TaskRecord:
     def owner(self) -> str | None:
         """The old name of :attr:`process`.
 
-        .. deprecated:: 0.2
+        .. deprecated:: 0.1
             Use :attr:`process`.
         """
         return self.process

@@ -59,7 +59,7 @@ class TaskResult(LazyFuture[R]):
     :class:`TypeError`.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2
+    .. versionchanged:: 0.1
         Also the handle of a task in a shared store, which was
         ``StoredResult``.
     """
@@ -244,7 +244,8 @@ class TaskResult(LazyFuture[R]):
     def cancel(self) -> bool:
         """Cancel the task.
 
-        A queued task is cancelled at once and never runs: returns ``True``.
+        A queued task, also one that waits for its next retry, is cancelled
+        at once and runs no more: returns ``True``.
         A running task is asked to stop: :attr:`current_task.cancel_requested
         <flask_bgtasks.current_task.cancel_requested>` becomes ``True`` inside
         it, and the call returns ``False``, as for any running future. A
@@ -255,7 +256,11 @@ class TaskResult(LazyFuture[R]):
         if execution is None:
             assert self._store is not None
             return self._store.cancel(self._remote().id)
-        if execution.cancel_queued() or self.status is TaskStatus.CANCELLED:
+        if (
+            execution.cancel_queued()
+            or execution.cancel_waiting()
+            or self.status is TaskStatus.CANCELLED
+        ):
             return True
         if not self.done():
             execution.request_cancel()

@@ -34,7 +34,7 @@ class Backend(abc.ABC):
     :param run: Called with each message, in the thread that runs it.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2
+    .. versionchanged:: 0.1
         It receives messages and a ``run`` function, not live results.
     """
 

@@ -49,7 +49,7 @@ class TaskStore(abc.ABC):
     the empty method. A store answers lookups with
     :class:`~flask_bgtasks.TaskRecord` values.
 
-    .. versionchanged:: 0.2
+    .. versionchanged:: 0.1
         The hooks receive snapshots, not live results.
     """
 
