@@ -554,3 +554,57 @@ def test_submit_is_in_the_file_before_the_response_leaves(
     thread.join(10)
     assert set(rows(db)) == set(answers)  # read without waiting for anything
     bg.join(5)
+
+
+def counted_and_real(db: str) -> tuple[int, int]:
+    """The count of finished rows the triggers keep, and the real one."""
+    with sqlite3.connect(db) as conn:
+        counted = conn.execute("SELECT value FROM bgtasks_count WHERE name = 'finished'").fetchone()
+        real = conn.execute("SELECT count(*) FROM bgtasks_task WHERE finished_at IS NOT NULL")
+        return counted[0], real.fetchone()[0]
+
+
+def test_the_count_of_finished_rows_stays_exact(
+    make_app: t.Callable[..., Flask], bg: BGTasks, db: str
+) -> None:
+    app = make_app(BGTASKS_STORE="sqlite:///" + db, BGTASKS_MAX_RESULTS=5, BGTASKS_RESULT_TTL=None)
+    with app.app_context():
+        for _ in range(12):
+            bg.submit(int).result(10)
+        queued = bg.submit(int)
+        assert bg.join(10)
+        assert counted_and_real(db) == (5, 5)
+        assert bg.store().purge(0) == 5
+        assert counted_and_real(db) == (0, 0)
+        assert queued.done()
+
+
+def test_a_schema_1_file_is_upgraded_with_its_count(
+    make_app: t.Callable[..., Flask], bg: BGTasks, db: str
+) -> None:
+    # A file as version 1 wrote it: the table, finished rows, no count.
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE bgtasks_task (id TEXT PRIMARY KEY, name TEXT NOT NULL, pool TEXT"
+            " NOT NULL, durable INTEGER NOT NULL, arguments TEXT NOT NULL, status TEXT NOT"
+            " NULL, progress TEXT, outcome TEXT, errors TEXT NOT NULL DEFAULT '[]', attempt"
+            " INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0, owner"
+            " TEXT, lease_until REAL NOT NULL DEFAULT 0, submitted_at REAL NOT NULL,"
+            " started_at REAL, finished_at REAL)"
+        )
+        conn.executemany(
+            "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
+            " submitted_at, finished_at) VALUES (?, 'n', 'default', 0, '{}', 'succeeded', ?, ?)",
+            [(f"old{number}", number, number) for number in range(4)],
+        )
+        conn.execute("PRAGMA user_version = 1")
+    app = make_app(BGTASKS_STORE="sqlite:///" + db, BGTASKS_MAX_RESULTS=3, BGTASKS_RESULT_TTL=None)
+    assert counted_and_real(db) == (4, 4)
+    with app.app_context():
+        bg.submit(int).result(10)
+        assert bg.join(10)
+    # Its end applied the limit, in the same transaction, from the count.
+    assert counted_and_real(db) == (3, 3)
+    assert "old0" not in rows(db) and "old1" not in rows(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -27,6 +27,23 @@ logger = logging.getLogger("flask_bgtasks")
 NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
 NO_VALUE = '{"value":null}'
 
+#: A task's end: its whole row, inserted if its INSERT never ran (a quick
+#: task is written once), else updated as long as this process owns it and
+#: it has not ended elsewhere. The parameters: id, name, pool, durable,
+#: arguments, owner, submitted_at, then the end's status, outcome, progress,
+#: errors, cancel_requested, attempt, started_at and finished_at.
+FINISH = (
+    "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, owner, submitted_at,"
+    " status, outcome, progress, errors, cancel_requested, attempt, started_at,"
+    " finished_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+    " outcome = excluded.outcome, progress = excluded.progress, errors = excluded.errors,"
+    " cancel_requested = max(cancel_requested, excluded.cancel_requested),"
+    " attempt = excluded.attempt, started_at = coalesce(started_at, excluded.started_at),"
+    " finished_at = excluded.finished_at, lease_until = 0"
+    " WHERE owner = excluded.owner AND finished_at IS NULL"
+)
+
 
 def arguments_json(message: TaskMessage, limit: int | None) -> str:
     """The arguments column of a task.

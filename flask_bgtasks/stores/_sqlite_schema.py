@@ -15,8 +15,13 @@ from .._errors import StoreError
 #: Seconds a statement waits for another process's write to finish.
 BUSY_TIMEOUT = 30.0
 
-_SCHEMA_VERSION = 1
+# 2: the count of finished rows, kept by triggers, so that keeping
+# BGTASKS_MAX_RESULTS costs a lookup rather than a walk of the finished rows.
+_SCHEMA_VERSION = 2
+# In one transaction: a row that finishes while another process upgrades
+# the file is counted either way.
 _SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS bgtasks_task (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -40,12 +45,35 @@ CREATE INDEX IF NOT EXISTS bgtasks_task_lease
 CREATE INDEX IF NOT EXISTS bgtasks_task_finished
     ON bgtasks_task (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bgtasks_task_submitted ON bgtasks_task (submitted_at);
+CREATE TABLE IF NOT EXISTS bgtasks_count (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO bgtasks_count (name, value)
+    SELECT 'finished', count(*) FROM bgtasks_task WHERE finished_at IS NOT NULL;
+CREATE TRIGGER IF NOT EXISTS bgtasks_task_finishes
+    AFTER UPDATE OF finished_at ON bgtasks_task
+    WHEN old.finished_at IS NULL AND new.finished_at IS NOT NULL
+    BEGIN UPDATE bgtasks_count SET value = value + 1 WHERE name = 'finished'; END;
+CREATE TRIGGER IF NOT EXISTS bgtasks_task_finished_goes
+    AFTER DELETE ON bgtasks_task WHEN old.finished_at IS NOT NULL
+    BEGIN UPDATE bgtasks_count SET value = value - 1 WHERE name = 'finished'; END;
+CREATE TRIGGER IF NOT EXISTS bgtasks_task_finished_comes
+    AFTER INSERT ON bgtasks_task WHEN new.finished_at IS NOT NULL
+    BEGIN UPDATE bgtasks_count SET value = value + 1 WHERE name = 'finished'; END;
+CREATE TRIGGER IF NOT EXISTS bgtasks_task_unfinishes
+    AFTER UPDATE OF finished_at ON bgtasks_task
+    WHEN old.finished_at IS NOT NULL AND new.finished_at IS NULL
+    BEGIN UPDATE bgtasks_count SET value = value - 1 WHERE name = 'finished'; END;
+COMMIT;
 """
 
-# Keeps the newest finished rows, as many as the parameter says.
+# Keeps the newest finished rows, as many as the parameter says: deletes the
+# oldest ones past that number, which the count says without a scan.
 EVICT_OLDEST = (
     "DELETE FROM bgtasks_task WHERE id IN (SELECT id FROM bgtasks_task"
-    " WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT -1 OFFSET ?)"
+    " WHERE finished_at IS NOT NULL ORDER BY finished_at LIMIT max(0,"
+    " (SELECT value FROM bgtasks_count WHERE name = 'finished') - ?))"
 )
 
 

@@ -34,6 +34,8 @@ from .._record import TaskRecord, TaskStatus, this_process
 from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
 from ._payload import errors_json
 from ._sqlite_rows import (
+    FINISH,
+    NO_ARGUMENTS,
     arguments_json,
     check_started,
     check_stored,
@@ -115,6 +117,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
         # Per task id: its start, written behind; its return value as JSON.
         self._start_writes: dict[str, Statement] = {}
         self._outcomes: dict[str, str] = {}
+        # Per task id added here: its INSERT, and its arguments as JSON, so
+        # that a task that ends before its INSERT ran is written once.
+        self._adds: dict[str, tuple[Statement, str]] = {}
         # This process, as the row's owner column names it.
         self._process = self._process_name or this_process()
         self._recover: Recover = lambda record: False
@@ -154,34 +159,45 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._owned.add(message.id)
         # A durable task is committed before submit returns, so that it is
         # never lost; other tasks are written behind.
-        self._writer.write(
-            "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
-            " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-            (
-                message.id,
-                message.name,
-                message.pool,
-                int(message.durable),
-                arguments,
-                self._process,
-                time.time() + self.lease,
-                message.submitted_at,
+        self._adds[message.id] = (
+            self._writer.write(
+                "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
+                " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (
+                    message.id,
+                    message.name,
+                    message.pool,
+                    int(message.durable),
+                    arguments,
+                    self._process,
+                    time.time() + self.lease,
+                    message.submitted_at,
+                ),
+                wait=message.durable,
             ),
-            wait=message.durable,
+            arguments,
         )
 
     def discard(self, task_id: str) -> None:
         self._owned.discard(task_id)
+        self._adds.pop(task_id, None)
         self._writer.write(
             "DELETE FROM bgtasks_task WHERE id = ? AND owner = ?", (task_id, self._process)
         )
 
     def started(self, snapshot: TaskSnapshot) -> bool:
         task_id = snapshot.message.id
+        add = self._adds.get(task_id)
         # A read, not waiting for the writes: the row may not be written yet,
-        # but if it says the task was cancelled or taken over, it is so.
-        rows = self._read(
-            "SELECT status, owner FROM bgtasks_task WHERE id = ?", (task_id,), flush=False
+        # but if it says the task was cancelled or taken over, it is so. No
+        # read while its INSERT has not run: no other process has seen it.
+        unwritten = add is not None and add[0].rowcount < 0 and add[0].error is None
+        rows = (
+            []
+            if unwritten
+            else self._read(
+                "SELECT status, owner FROM bgtasks_task WHERE id = ?", (task_id,), flush=False
+            )
         )
         if rows and (rows[0][0] == "cancelled" or rows[0][1] != self._process):
             self._owned.discard(task_id)  # the record is not ours to finish
@@ -235,10 +251,17 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._owned.discard(task_id)
         start_write = self._start_writes.pop(task_id, None)
         encoded = self._outcomes.pop(task_id, None)
+        add, arguments = self._adds.pop(task_id, (None, NO_ARGUMENTS))
         if start_write is not None:
             # This write sets what it would have; a cancel from another
             # process in between makes this one change nothing, as it would.
             start_write.skip = True
+        if add is not None and not snapshot.released:
+            # Likewise, if its INSERT is still queued: the upsert below writes
+            # the whole row. Skipped after the start, so that the start never
+            # runs without the row. If the INSERT ran meanwhile, the upsert
+            # updates the row as an UPDATE would.
+            add.skip = True
         if snapshot.released:
             # Shutdown stopped a durable task: back to the queue, with no
             # owner and no lease, so the next process takes it at once.
@@ -259,12 +282,19 @@ class SQLiteStore(TaskStore, ProcessLocal):
         outcome = None
         if snapshot.status is TaskStatus.SUCCEEDED:
             outcome = encoded or final_outcome_json(value)
+        message = snapshot.message
+        # The arguments are only written by an insert: a task that was not
+        # added here (taken over from a dead process) has its row already.
         self._writer.write(
-            "UPDATE bgtasks_task SET status = ?, outcome = ?, progress = ?, errors = ?,"
-            " cancel_requested = max(cancel_requested, ?), attempt = ?,"
-            " started_at = coalesce(started_at, ?), finished_at = ?, lease_until = 0"
-            " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+            FINISH,
             (
+                task_id,
+                message.name,
+                message.pool,
+                int(message.durable),
+                arguments,
+                self._process,
+                message.submitted_at,
                 snapshot.status.value,
                 outcome,
                 progress_json(snapshot),
@@ -273,8 +303,6 @@ class SQLiteStore(TaskStore, ProcessLocal):
                 snapshot.attempt,
                 snapshot.started_at,
                 snapshot.finished_at,
-                task_id,
-                self._process,
             ),
             then=functools.partial(check_stored, snapshot, self.lease),
             cleanup=True,
