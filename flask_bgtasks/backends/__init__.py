@@ -13,10 +13,10 @@ gone. See :doc:`/architecture` for how to write one.
 from __future__ import annotations
 
 import abc
-import importlib
 import typing as t
 
 from .._errors import ConfigError, ConfigTypeError, UsageError
+from .._imports import import_path
 
 if t.TYPE_CHECKING:
     from .._config import PoolConfig
@@ -103,11 +103,8 @@ def backend_class(spec: str) -> type[Backend]:
         from .threads import ThreadBackend
 
         return ThreadBackend
-    module_name, _, name = spec.partition(":")
     try:
-        found: t.Any = importlib.import_module(module_name)
-        for part in name.split("."):
-            found = getattr(found, part)
+        found = import_path(spec)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"BGTASKS_BACKEND is {spec!r}, which can't be imported: {exc}. Give"

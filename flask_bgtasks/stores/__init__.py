@@ -13,12 +13,12 @@ answers lookups by id with records.
 from __future__ import annotations
 
 import abc
-import importlib
 import os
 import re
 import typing as t
 
 from .._errors import ConfigError, ConfigTypeError
+from .._imports import import_path
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -204,11 +204,8 @@ def from_import_path(path: str, app: Flask) -> TaskStore:
 
     :raises ConfigError: If it can't be imported, or returns something else.
     """
-    module_name, _, name = path.partition(":")
     try:
-        factory: t.Any = importlib.import_module(module_name)
-        for part in name.split("."):
-            factory = getattr(factory, part)
+        factory = import_path(path)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"BGTASKS_STORE is {path!r}, which can't be imported: {exc}. Give"

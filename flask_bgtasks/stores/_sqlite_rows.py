@@ -27,6 +27,35 @@ logger = logging.getLogger("flask_bgtasks")
 NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
 NO_VALUE = '{"value":null}'
 
+#: A task was submitted: parameters id, name, pool, durable, arguments,
+#: owner, lease_until, submitted_at.
+ADD = (
+    "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
+    " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)"
+)
+#: An attempt starts, unless another process cancelled or took the task:
+#: attempt, started_at, lease_until, id, owner.
+START = (
+    "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
+    " started_at = coalesce(started_at, ?), lease_until = ?"
+    " WHERE id = ? AND owner = ? AND status = 'queued'"
+)
+#: Progress, errors, the cancel flag or a retry wait changed: status,
+#: progress, errors, cancel_requested, id, owner.
+CHANGE = (
+    "UPDATE bgtasks_task SET status = ?, progress = ?, errors = ?,"
+    " cancel_requested = max(cancel_requested, ?)"
+    " WHERE id = ? AND owner = ? AND finished_at IS NULL"
+)
+#: Shutdown stopped a durable task: back to the queue, with no owner and no
+#: lease, so the next process takes it at once. Being ended set its cancel
+#: flag, which is not a request to stop: cleared, or the next process would
+#: cancel the task. Parameters: progress, errors, id, owner.
+RELEASE = (
+    "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
+    " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
+    " WHERE id = ? AND owner = ? AND finished_at IS NULL"
+)
 #: A task's end: its whole row, inserted if its INSERT never ran (a quick
 #: task is written once), else updated as long as this process owns it and
 #: it has not ended elsewhere. The parameters: id, name, pool, durable,

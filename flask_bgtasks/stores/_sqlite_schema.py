@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import typing as t
 
 from .._errors import StoreError
 
@@ -91,6 +93,36 @@ def connect(path: str) -> sqlite3.Connection:
     # power loss, and saves an fsync per commit.
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+class Readers:
+    """One reading connection per thread: a shared one would make the
+    threads wait for each other's reads, which WAL lets run at once."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        #: Every connection open now, of any thread.
+        self.all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def read(self, sql: str, params: t.Sequence[t.Any] = ()) -> list[sqlite3.Row]:
+        """Run a query on this thread's connection, opened if needed."""
+        reader: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if reader is None:
+            reader = self._local.db = connect(self.path)
+            with self._lock:
+                self.all.append(reader)
+        return reader.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close every thread's connection; each opens a new one on its next
+        read."""
+        with self._lock:
+            readers, self.all = self.all, []
+            self._local = threading.local()
+        for reader in readers:
+            reader.close()
 
 
 def check_database(path: str) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import itertools
 import sqlite3
-import threading
 import time
 import typing as t
 
@@ -34,8 +33,12 @@ from .._record import TaskRecord, TaskStatus, this_process
 from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
 from ._payload import errors_json
 from ._sqlite_rows import (
+    ADD,
+    CHANGE,
     FINISH,
     NO_ARGUMENTS,
+    RELEASE,
+    START,
     arguments_json,
     check_started,
     check_stored,
@@ -44,7 +47,7 @@ from ._sqlite_rows import (
     outcome_json,
     progress_json,
 )
-from ._sqlite_schema import BUSY_TIMEOUT, EVICT_OLDEST, check_database, connect
+from ._sqlite_schema import BUSY_TIMEOUT, EVICT_OLDEST, Readers, check_database, connect
 from ._sqlite_upkeep import Upkeep
 from ._writer import Statement, Writer, inherited_connections
 
@@ -95,7 +98,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     def _init_state(self) -> None:
         # A reset in a child forked from C: see inherited_connections.
-        inherited_connections.extend(self.__dict__.get("_all_readers", ()))
+        inherited: Readers | None = self.__dict__.get("_readers")
+        if inherited is not None:
+            inherited_connections.extend(inherited.all)
         self._writer = Writer(
             functools.partial(connect, self.path),
             f"bgtasks-store-{self._number}",
@@ -106,11 +111,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
             # in the same transaction: no reader ever sees more finished rows.
             cleanup=(EVICT_OLDEST, (self.max_results,)),
         )
-        # One reading connection per thread: a shared one would make the
-        # threads wait for each other's reads, which WAL lets run at once.
-        self._readers = threading.local()
-        self._all_readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._readers = Readers(self.path)
         # The ids of the unfinished tasks this process runs, whose leases
         # need renewing.
         self._owned: set[str] = set()
@@ -141,12 +142,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         # Not around the flush, which waits for the writer thread to pass
         # the same gate.
         with self._writer.gate:
-            reader: sqlite3.Connection | None = getattr(self._readers, "db", None)
-            if reader is None:
-                reader = self._readers.db = connect(self.path)
-                with self._readers_lock:
-                    self._all_readers.append(reader)
-            return reader.execute(sql, params).fetchall()
+            return self._readers.read(sql, params)
 
     # -- the life of a task ---------------------------------------------
 
@@ -161,8 +157,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         # never lost; other tasks are written behind.
         self._adds[message.id] = (
             self._writer.write(
-                "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
-                " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                ADD,
                 (
                     message.id,
                     message.name,
@@ -206,9 +201,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         # Kept, so that finished() can drop it if it is still queued then: a
         # quick task is written once, when it finishes.
         self._start_writes[task_id] = self._writer.write(
-            "UPDATE bgtasks_task SET status = 'running', attempt = ?,"
-            " started_at = coalesce(started_at, ?), lease_until = ?"
-            " WHERE id = ? AND owner = ? AND status = 'queued'",
+            START,
             (
                 snapshot.attempt,
                 snapshot.started_at,
@@ -222,9 +215,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
 
     def changed(self, snapshot: TaskSnapshot) -> None:
         self._writer.write(
-            "UPDATE bgtasks_task SET status = ?, progress = ?, errors = ?,"
-            " cancel_requested = max(cancel_requested, ?)"
-            " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+            CHANGE,
             (
                 snapshot.status.value,
                 progress_json(snapshot),
@@ -263,14 +254,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
             # updates the row as an UPDATE would.
             add.skip = True
         if snapshot.released:
-            # Shutdown stopped a durable task: back to the queue, with no
-            # owner and no lease, so the next process takes it at once.
-            # Being ended set its cancel flag, which is not a request to stop:
-            # clear it, or the next process would cancel the task.
+            # Shutdown stopped a durable task: see RELEASE.
             self._writer.write(
-                "UPDATE bgtasks_task SET status = 'queued', owner = NULL,"
-                " lease_until = 0, cancel_requested = 0, progress = ?, errors = ?"
-                " WHERE id = ? AND owner = ? AND finished_at IS NULL",
+                RELEASE,
                 (
                     progress_json(snapshot),
                     errors_json(snapshot, self.max_payload_bytes),
@@ -392,14 +378,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self.check_process()
         self._writer.close()
         with self._writer.gate:
-            self._close_readers()
-
-    def _close_readers(self) -> None:
-        with self._readers_lock:
-            readers, self._all_readers = self._all_readers, []
-            self._readers = threading.local()
-        for reader in readers:
-            reader.close()
+            self._readers.close()
 
     # -- forks ------------------------------------------------------------
 
@@ -411,7 +390,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
         self._writer.pause()
         self._writer.gate.close()
         self._writer.disconnect()
-        self._close_readers()
+        self._readers.close()
 
     def _after_fork_in_parent(self) -> None:
         self._writer.gate.open()
