@@ -167,7 +167,9 @@ class Execution:
         with self._lock:
             if self._ended:
                 return False
+            # Running from here: cancel() no longer finds it waiting.
             self._waiting = False
+            self.status = TaskStatus.RUNNING
         self.attempt += 1
         first = self.started_at is None
         if first:
@@ -181,7 +183,6 @@ class Execution:
             if self.end(TaskStatus.CANCELLED, error=self.cancelled_error()) and self.observer:
                 self.observer.cancelled_while_queued(self)
             return False
-        self.status = TaskStatus.RUNNING
         return True
 
     def add_error(self, exc: BaseException) -> None:
