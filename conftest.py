@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import typing as t
 
@@ -11,9 +12,19 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> t.Iterator[None]:
-    """Fail a test that leaves a thread running or an app context pushed."""
+    """Fail a test that leaves a thread running, a child process alive, or
+    an app context pushed."""
     before = set(threading.enumerate())
+    children_before = set(multiprocessing.active_children())
     yield
+    children = [
+        child for child in multiprocessing.active_children() if child not in children_before
+    ]
+    for child in children:  # Children that are exiting get a moment to finish.
+        child.join(5)
+    assert not [child for child in children if child.is_alive()], (
+        f"The test left child processes running: {[child.name for child in children]}"
+    )
     assert not flask.has_app_context(), "The test left an app context pushed."
     leaked = [thread for thread in threading.enumerate() if thread not in before]
     for thread in leaked:  # Threads that are exiting get a moment to finish.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import re
 import typing as t
@@ -13,7 +14,9 @@ from .stores import DEFAULT_MAX_PAYLOAD_BYTES, parse_url
 #: The pool a task uses unless it names another.
 DEFAULT_POOL = "default"
 
-_POOL_KEYS = frozenset({"max_workers", "queue_size"})
+_POOL_KEYS = frozenset({"max_workers", "queue_size", "kind", "start_method", "recycle_after"})
+#: Keys that only a pool of kind "process" takes.
+_PROCESS_KEYS = frozenset({"start_method", "recycle_after"})
 
 #: The most worker threads one pool may have. Each is an OS thread with its
 #: own stack, and Python runs one of them at a time: past a few hundred, more
@@ -32,6 +35,18 @@ class PoolConfig:
 
     max_workers: int
     queue_size: int | None
+    #: ``"thread"``: threads of this process. ``"process"``: child processes.
+    kind: str = "thread"
+    #: How a process pool starts its children: ``"forkserver"`` on Linux,
+    #: ``"spawn"`` elsewhere, unless set.
+    start_method: str | None = None
+    #: A process pool replaces a child after it ran this many tasks.
+    recycle_after: int | None = None
+    #: For a process pool: how a child builds the app, and the seconds past
+    #: a task's timeout before its child is killed (BGTASKS_APP and
+    #: BGTASKS_TIMEOUT_GRACE, copied here).
+    app_import: str | None = None
+    timeout_grace: float = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +71,11 @@ class Config:
     #: Whether the HTTP status API is registered, and under which prefix.
     api: bool
     api_prefix: str
+    #: How a child process builds the app: BGTASKS_APP, else FLASK_APP.
+    app_import: str | None = None
+    #: Seconds a process task may run past its timeout before its child is
+    #: killed.
+    timeout_grace: float = 3.0
 
 
 def default_max_workers() -> int:
@@ -80,6 +100,8 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
     config.setdefault("BGTASKS_API", False)
     config.setdefault("BGTASKS_API_PREFIX", "/tasks")
+    config.setdefault("BGTASKS_APP", None)
+    config.setdefault("BGTASKS_TIMEOUT_GRACE", 3.0)
 
 
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
@@ -102,6 +124,14 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         queue_size=_int("BGTASKS_QUEUE_SIZE", config["BGTASKS_QUEUE_SIZE"], 0, none=True),
     )
     pools = {DEFAULT_POOL: default, **_pools(config["BGTASKS_POOLS"], default)}
+    app_import = _app_import(config["BGTASKS_APP"], pools)
+    grace = _seconds("BGTASKS_TIMEOUT_GRACE", config["BGTASKS_TIMEOUT_GRACE"], none=False)
+    pools = {
+        name: dataclasses.replace(pool, app_import=app_import, timeout_grace=grace)
+        if pool.kind == "process"
+        else pool
+        for name, pool in pools.items()
+    }
     return Config(
         pools=pools,
         result_ttl=_seconds("BGTASKS_RESULT_TTL", config["BGTASKS_RESULT_TTL"]),
@@ -122,6 +152,8 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         ),
         api=_bool("BGTASKS_API", config["BGTASKS_API"]),
         api_prefix=_prefix(config["BGTASKS_API_PREFIX"]),
+        app_import=app_import,
+        timeout_grace=grace,
     )
 
 
@@ -153,7 +185,13 @@ def _pools(value: object, default: PoolConfig) -> dict[str, PoolConfig]:
         if unknown:
             raise ConfigError(
                 f"{where} has unknown keys {sorted(map(str, unknown))}; the"
-                " accepted keys are 'max_workers' and 'queue_size'."
+                f" accepted keys are {', '.join(map(repr, sorted(_POOL_KEYS)))}."
+            )
+        kind = _choice(f"{where}['kind']", settings.get("kind", "thread"), ("thread", "process"))
+        if kind == "thread" and _PROCESS_KEYS & set(settings):
+            raise ConfigError(
+                f"{where} sets {sorted(_PROCESS_KEYS & set(settings))}, which only a"
+                " pool of child processes takes. Add 'kind': 'process', or remove them."
             )
         pools[name] = PoolConfig(
             max_workers=_workers(
@@ -165,8 +203,40 @@ def _pools(value: object, default: PoolConfig) -> dict[str, PoolConfig]:
                 0,
                 none=True,
             ),
+            kind=kind,
+            start_method=_start_method(where, settings.get("start_method")),
+            recycle_after=_int(
+                f"{where}['recycle_after']", settings.get("recycle_after"), 1, none=True
+            ),
         )
     return pools
+
+
+def _start_method(where: str, value: object) -> str | None:
+    if value is None:
+        return None
+    return _choice(
+        f"{where}['start_method']", value, tuple(multiprocessing.get_all_start_methods())
+    )
+
+
+def _app_import(value: object, pools: t.Mapping[str, PoolConfig]) -> str | None:
+    """BGTASKS_APP, else FLASK_APP: how a child process builds the app."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigTypeError(
+            "BGTASKS_APP must be what 'flask --app' takes, such as 'myapp:create_app()'"
+            f" or 'myapp:app'; got {_show(value)}."
+        )
+    found = value or os.environ.get("FLASK_APP") or None
+    processes = sorted(name for name, pool in pools.items() if pool.kind == "process")
+    if processes and found is None:
+        raise ConfigError(
+            f"The pools {processes} run tasks in child processes, and each child"
+            " builds the app itself, but neither BGTASKS_APP nor FLASK_APP says"
+            " how. Set BGTASKS_APP to what 'flask --app' takes, such as"
+            " 'myapp:create_app()'."
+        )
+    return found
 
 
 def _show(value: object) -> str:

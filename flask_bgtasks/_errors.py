@@ -88,12 +88,23 @@ class StoreError(BGTasksError, RuntimeError):
     """
 
 
+class TaskCrashed(BGTasksError, RuntimeError):
+    """The child process that ran the task died while running it (it called
+    ``os._exit``, crashed, or was killed); the message names its exit code
+    or signal. Only that task fails; the pool starts a new child.
+
+    .. versionadded:: 0.1
+    """
+
+
 class TaskTimeout(BGTasksError, TimeoutError):
     """The task ran longer than its ``timeout`` and was ended.
 
-    Its result raises this. Python cannot kill a thread: the task was asked
-    to stop (``current_task.cancel_requested`` is ``True``), and its worker
-    thread is only free again once the function returns.
+    Its result raises this. Python cannot kill a thread: a thread task was
+    asked to stop (``current_task.cancel_requested`` is ``True``), and its
+    worker thread is only free again once the function returns. A task on a
+    process pool that has not stopped after ``BGTASKS_TIMEOUT_GRACE`` more
+    seconds has its child process killed.
 
     .. versionadded:: 0.1
     """

@@ -3,8 +3,9 @@ and runs, and the one place where it ends.
 
 Its :class:`~flask_bgtasks.TaskResult` only reads this state; the run
 function (:mod:`._run`) and the watchdog drive it; it reports each change to
-an :class:`Observer`, the app's runtime, which tells the store. Knows nothing
-of Flask.
+an :class:`~._observer.Observer`: in this process the app's store events,
+which tell the store; in a child process, the pipe to its parent. Knows
+nothing of Flask.
 """
 
 from __future__ import annotations
@@ -22,41 +23,9 @@ from ._result import TaskResult
 if t.TYPE_CHECKING:
     from ._context import Captured
     from ._message import TaskMessage
+    from ._observer import Observer
 
 logger = logging.getLogger("flask_bgtasks")
-
-
-class Observer(t.Protocol):
-    """What an execution reports to: the runtime of its app."""
-
-    def may_start(self, execution: Execution) -> bool:
-        """Before each attempt; ``False`` if the store says it must not
-        run (cancelled or taken over by another process)."""
-
-    def changed(self, execution: Execution) -> None:
-        """Progress, the cancel request, the errors or a retry wait changed."""
-
-    def check_value(self, execution: Execution, value: object) -> BaseException | None:
-        """The error to fail the task with if its store can't keep ``value``."""
-
-    def ended(self, execution: Execution, value: object, kept: bool) -> None:
-        """The task ended (``kept``: its handle was looked up by id); called
-        before its waiters wake."""
-
-    def cancel_requested(self, execution: Execution) -> bool:
-        """Whether another process asked the task to stop."""
-
-    def cancelled_while_queued(self, execution: Execution) -> None:
-        """It was cancelled before it started, so it will never run."""
-
-    def keep(self, execution: Execution) -> None:
-        """Its id was handed out: it must be found by id from now on."""
-
-    def run_here(self, execution: Execution) -> None:
-        """Run it in this thread now, if nobody has taken it yet."""
-
-    def callback_context(self) -> t.ContextManager[object]:
-        """The context in which a done-callback runs outside the task."""
 
 
 class Execution:
@@ -67,6 +36,7 @@ class Execution:
     :param captured: What the task copied from the submitting request.
     :param observer: Told about every change; ``None`` for a task that
         never runs.
+    :param app: The app it runs in, which it keeps alive.
     """
 
     __slots__ = (
@@ -74,6 +44,7 @@ class Execution:
         "call",
         "captured",
         "observer",
+        "app",
         "handle",
         "status",
         "attempt",
@@ -83,6 +54,7 @@ class Execution:
         "finished_at",
         "cancel_error",
         "released",
+        "force_stop",
         "_cancel_flag",
         "_lock",
         "_claimed",
@@ -98,11 +70,16 @@ class Execution:
         call: t.Callable[..., t.Any],
         captured: Captured | None,
         observer: Observer | None,
+        app: object = None,
     ) -> None:
         self.message = message
         self.call = call
         self.captured = captured
         self.observer = observer
+        #: The app it runs in, held: an app with unfinished tasks lives
+        #: until they end, even if nothing else refers to it (a server that
+        #: returned, at exit).
+        self.app = app
         #: Where it is; final before its handle settles.
         self.status = TaskStatus.QUEUED
         #: Attempts started, counting those of earlier processes.
@@ -116,6 +93,9 @@ class Execution:
         #: Set on a durable task that shutdown stopped or never started,
         #: which its store keeps to run again in the next process.
         self.released = False
+        #: Ends the running task for real, where whoever runs it can (a
+        #: child process can be killed, a thread can't); else ``None``.
+        self.force_stop: t.Callable[[], None] | None = None
         self._cancel_flag = False
         # One lock per task: it decides who takes it off the queue, who
         # ends it, and whether its end is counted for a kept handle.
@@ -211,6 +191,19 @@ class Execution:
             if left <= 0 or wake.wait(min(left, 1.0)):
                 return
 
+    def adopt(self, snapshot: TaskSnapshot, *, tell: bool = True) -> None:
+        """Take what the copy of this task that runs elsewhere (in a child
+        process) reported: its progress and errors, and a retry wait. With
+        ``tell``, tell the observer."""
+        self.progress = snapshot.progress
+        self.errors = snapshot.errors
+        if not tell:
+            return
+        if snapshot.status is TaskStatus.QUEUED and self.status is TaskStatus.RUNNING:
+            self.wait_for_retry()
+        elif self.observer is not None:
+            self.observer.changed(self)
+
     def set_progress(self, current: float, total: float | None, message: str | None) -> None:
         self.progress = {"current": current, "total": total, "message": message}
         if self.observer is not None:
@@ -258,7 +251,7 @@ class Execution:
         if isinstance(error, TaskCancelled):
             self.cancel_error = error
         if self.observer is not None:
-            self.observer.ended(self, value, kept)
+            self.observer.ended(self, value, error, kept)
         if status is TaskStatus.SUCCEEDED:
             self.handle.set_result(value)
         elif status is TaskStatus.FAILED:
@@ -325,8 +318,8 @@ class Execution:
             TaskTimeout(
                 f"Task {self.message.name!r} (id {self.handle.id}) did not finish"
                 f" within its timeout of {self.message.options.timeout:g} s. It was"
-                " asked to stop; its worker thread stays busy until the function"
-                " returns."
+                " asked to stop; a thread stays busy until the function returns,"
+                " a child process is killed if it does not stop soon."
             )
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import os
+import pickle
 import typing as t
 
 from ._errors import InvalidTaskError
@@ -161,6 +162,36 @@ def check_json(message: TaskMessage) -> None:
                 " stored with its arguments as JSON: pass str, int, float, bool,"
                 " None, or lists and dicts of them (an id rather than an object)."
             )
+
+
+def check_pickle(message: TaskMessage, call: t.Callable[..., t.Any] | None) -> None:
+    """Refuse a message for a child process that pickle can't carry,
+    naming the function or the first argument at fault.
+
+    :raises InvalidTaskError: With what to pass instead.
+    """
+    try:
+        pickle.dumps((message, call))
+        return
+    except Exception as exc:
+        problem = exc
+    named = [(f"Argument {position}", value) for position, value in enumerate(message.args)]
+    named += [(f"Argument {key!r}", value) for key, value in message.kwargs.items()]
+    for which, value in named:
+        try:
+            pickle.dumps(value)
+        except Exception as exc:
+            raise InvalidTaskError(
+                f"{which} of task {message.name!r} is {type(value).__name__}"
+                f" {short_repr(value, 80)}, which can't be pickled ({exc}), and the"
+                f" task runs in a child process (pool {message.pool!r}). Pass plain"
+                " values: an id rather than an object."
+            ) from None
+    raise InvalidTaskError(
+        f"Task {message.name!r} can't be sent to a child process (pool"
+        f" {message.pool!r}): {problem}. A task on a process pool must be a function"
+        " declared at module level, with options that pickle."
+    ) from None
 
 
 # Ids are made 128 at a time: one call to the system's random source and one

@@ -32,6 +32,20 @@ class _Retire:
     """Put on the queue before a fork: the worker that takes it exits."""
 
 
+class Worker(t.Protocol):
+    """What a worker thread of a pool runs its messages with, if not
+    ``run``: a child process it looks after, say. One per thread."""
+
+    def run(self, message: TaskMessage) -> None:
+        """Run one message to its end."""
+
+    def stop(self) -> None:
+        """At the shutdown deadline: end what runs now, for real if it can."""
+
+    def close(self) -> None:
+        """The thread exits: release what the worker holds."""
+
+
 _RETIRE = _Retire()
 _Queue = SimpleQueue[TaskMessage | _Retire | None]
 _pool_numbers = itertools.count()
@@ -45,6 +59,8 @@ class WorkerPool(ProcessLocal):
     :param queue_size: Most tasks that may wait for a free worker, or
         ``None`` for no limit.
     :param run: Runs one message in the calling worker thread.
+    :param make_worker: Makes, for each worker thread, the :class:`Worker`
+        that runs its messages instead of ``run``.
     """
 
     def __init__(
@@ -53,11 +69,13 @@ class WorkerPool(ProcessLocal):
         max_workers: int,
         queue_size: int | None,
         run: t.Callable[[TaskMessage], None],
+        make_worker: t.Callable[[], Worker] | None = None,
     ) -> None:
         self.name = name
         self.max_workers = max_workers
         self.queue_size = queue_size
         self.run = run
+        self.make_worker = make_worker
         # Accepted but unfinished tasks are at most the running ones plus a
         # full queue.
         self._capacity = math.inf if queue_size is None else max_workers + queue_size
@@ -69,6 +87,7 @@ class WorkerPool(ProcessLocal):
         self._idle = threading.Condition(self._lock)
         self._queue: _Queue = SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._workers: list[Worker] = []
         # About one token per worker that waits for a task, as the semaphore
         # of CPython's ThreadPoolExecutor: a submit that takes one leaves the
         # task to that worker instead of starting a new thread. A list, whose
@@ -121,9 +140,12 @@ class WorkerPool(ProcessLocal):
         def wake(_: object) -> None:
             queue.put(None)
 
+        worker = None if self.make_worker is None else self.make_worker()
+        if worker is not None:
+            self._workers.append(worker)
         thread = threading.Thread(
             target=_work,
-            args=(weakref.ref(self, wake), queue, self._idle_tokens, self._past_deadline),
+            args=(weakref.ref(self, wake), queue, self._idle_tokens, self._past_deadline, worker),
             name=f"bgtasks-{self.name}-{self._number}_{len(self._threads)}",
             # Daemon threads, so that a stuck task can't keep the process
             # alive; draining at exit is the shutdown's job.
@@ -148,6 +170,12 @@ class WorkerPool(ProcessLocal):
         with self._lock:
             if thread in self._threads:
                 self._threads.remove(thread)
+
+    def forget(self, worker: Worker) -> None:
+        """A worker thread exits, and its worker is closed."""
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
 
     def task_done(self, task_id: str) -> None:
         """A worker is done with a message."""
@@ -202,8 +230,13 @@ class WorkerPool(ProcessLocal):
 
     def stop(self) -> None:
         """At the shutdown deadline: start no more queued messages. They
-        stay in the queue; whoever submitted them cancels them."""
+        stay in the queue; whoever submitted them cancels them. Workers that
+        can end their running task for real do."""
         self._past_deadline.set()
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.stop()
 
     def _drop_queued(self) -> list[TaskMessage]:
         dropped: list[TaskMessage] = []
@@ -222,6 +255,24 @@ def _work(
     queue: _Queue,
     idle_tokens: list[None],
     past_deadline: threading.Event,
+    worker: Worker | None,
+) -> None:
+    try:
+        _work_loop(pool_ref, queue, idle_tokens, past_deadline, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+            pool = pool_ref()
+            if pool is not None:
+                pool.forget(worker)
+
+
+def _work_loop(
+    pool_ref: weakref.ref[WorkerPool],
+    queue: _Queue,
+    idle_tokens: list[None],
+    past_deadline: threading.Event,
+    worker: Worker | None,
 ) -> None:
     while True:
         try:
@@ -247,7 +298,10 @@ def _work(
             pool.retire(threading.current_thread())
             return
         if not past_deadline.is_set():
-            pool.run(message)
+            if worker is None:
+                pool.run(message)
+            else:
+                worker.run(message)
             pool.task_done(message.id)
         # Past the deadline, a message stays in the in-flight set: whoever
         # submitted it cancels it.

@@ -11,6 +11,7 @@ import enum
 import json
 import os
 import socket
+import threading
 import time
 import traceback
 import typing as t
@@ -191,3 +192,24 @@ def stored_error(record: TaskRecord) -> BaseException:
     if record.status is TaskStatus.CANCELLED:
         return TaskCancelled(f"Task {record.name!r} (id {record.id}) was cancelled.")
     return TaskFailed(record)
+
+
+def wait_until_done(read: t.Callable[[], TaskRecord], timeout: float | None) -> TaskRecord:
+    """Read a task's record until it is done, for at most ``timeout``
+    seconds. Another process's task can only be seen through its store, so
+    this polls, backing off to twice a second.
+
+    :raises TimeoutError: If it did not finish in time.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    pause = threading.Event()  # never set: an interruptible pause
+    while True:
+        record = read()
+        if record.done():
+            return record
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"Task {record.name!r} (id {record.id}) did not finish in time.")
+        pause.wait(delay if left is None else min(delay, left))
+        delay = min(delay * 2, 0.5)

@@ -10,7 +10,6 @@ Flask.
 from __future__ import annotations
 
 import threading
-import time
 import typing as t
 from concurrent.futures import CancelledError, Future
 
@@ -25,6 +24,7 @@ from ._record import (
     stored_error,
     stored_value,
     this_process,
+    wait_until_done,
 )
 
 if t.TYPE_CHECKING:
@@ -241,7 +241,7 @@ class TaskResult(LazyFuture[R]):
         waits for its next retry is ``queued``, not running."""
         return self.status is TaskStatus.RUNNING
 
-    def cancel(self) -> bool:
+    def cancel(self, *, force: bool = False) -> bool:
         """Cancel the task.
 
         A queued task, also one that waits for its next retry, is cancelled
@@ -251,6 +251,11 @@ class TaskResult(LazyFuture[R]):
         it, and the call returns ``False``, as for any running future. A
         finished task is left as it is. A task of another process is
         cancelled through the store, the same way.
+
+        :param force: For a running task on a process pool of this process:
+            kill its child process at once, and end the task as cancelled
+            (the pool starts a new child). A thread can't be killed, so a
+            thread task is only asked, as without ``force``.
         """
         execution = self._execution
         if execution is None:
@@ -264,6 +269,9 @@ class TaskResult(LazyFuture[R]):
             return True
         if not self.done():
             execution.request_cancel()
+            stop = execution.force_stop
+            if force and stop is not None:
+                stop()
         return False
 
     def result(self, timeout: float | None = None) -> R:
@@ -379,17 +387,4 @@ class TaskResult(LazyFuture[R]):
                 fn(self)
 
     def _wait_for_record(self, timeout: float | None) -> TaskRecord:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
-        pause = threading.Event()  # never set: an interruptible pause
-        while True:
-            record = self.record()
-            if record.done():
-                return record
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError(f"Task {record.name!r} (id {record.id}) did not finish in time.")
-            # Another process's task can only be seen through the store, so
-            # this polls, backing off to twice a second.
-            pause.wait(delay if left is None else min(delay, left))
-            delay = min(delay * 2, 0.5)
+        return wait_until_done(self.record, timeout)

@@ -18,15 +18,14 @@ import weakref
 
 from . import signals
 from ._context import (
-    app_context,
     check_arguments,
     check_not_forking_per_request,
     is_reloader_watcher,
-    send_cancelled,
 )
 from ._errors import InvalidTaskError, QueueFull, ShutdownError, UsageError
 from ._execution import Execution
-from ._message import NO_KWARGS, TaskMessage, check_json, new_id
+from ._message import NO_KWARGS, TaskMessage, check_json, check_pickle, new_id
+from ._observer import StoreEvents
 from ._process import ProcessLocal
 from ._result import TaskResult
 from ._run import run
@@ -74,6 +73,7 @@ class Runtime(ProcessLocal):
         # backend.
         backend = EagerBackend if config.eager else backend_class(config.backend)
         self.backend: Backend = backend(config.pools, app.name, self.run_message)
+        self.backend.claim = self.claim
         #: The process that submitted to this app last; ``None`` before any.
         #: A Gunicorn master with ``--preload`` or the reloader's watcher
         #: never submits, so the drain at exit leaves it alone.
@@ -89,6 +89,8 @@ class Runtime(ProcessLocal):
         # This process's unfinished tasks, by id. A forked child starts
         # with none: its parent's tasks are not its own.
         self.executions: dict[str, Execution] = {}
+        #: What the tasks of this process report to: the store, mostly.
+        self.events = StoreEvents(self._app, self.store, self.executions)
 
     @property
     def app(self) -> Flask:
@@ -215,7 +217,12 @@ class Runtime(ProcessLocal):
         if durable:
             self._check_durable(task)
             check_json(message)
-        execution = Execution(message, task.fn, captured, self)
+        pool = self.config.pools.get(options.pool)
+        if pool is not None and pool.kind == "process" and not self.config.eager:
+            # A declared task is found by name in the child; anything else
+            # travels by reference.
+            check_pickle(message, None if self.tasks.get(task.name) is task else task.fn)
+        execution = Execution(message, task.fn, captured, self.events, app)
         self._accept(execution)
         handle = execution.handle
         if signals.task_submitted.receivers:
@@ -260,7 +267,7 @@ class Runtime(ProcessLocal):
             record.attempt,
             tuple(record.errors),
         )
-        execution = Execution(message, task.fn, None, self)
+        execution = Execution(message, task.fn, None, self.events, self._app())
         try:
             self._accept(execution, recorded=True)
         except (QueueFull, ShutdownError):
@@ -274,9 +281,15 @@ class Runtime(ProcessLocal):
 
     def run_message(self, message: TaskMessage) -> None:
         """Run a message in this thread; the backend calls this."""
-        execution = self.executions.get(message.id)
-        if execution is not None and execution.claim():
+        execution = self.claim(message)
+        if execution is not None:
             run(execution, self.app)
+
+    def claim(self, message: TaskMessage) -> Execution | None:
+        """Take a message's task off the queue: its execution, or ``None``
+        if it was cancelled, or taken, meanwhile."""
+        execution = self.executions.get(message.id)
+        return execution if execution is not None and execution.claim() else None
 
     def _never_run(self, task: Task[..., t.Any]) -> TaskResult[t.Any]:
         # A task that is already cancelled, known to no store and no
@@ -345,45 +358,6 @@ class Runtime(ProcessLocal):
             elif execution.interrupt():
                 interrupted.append(execution)
         return cancelled, interrupted
-
-    # -- what executions report (the Observer protocol) ---------------------
-
-    def may_start(self, execution: Execution) -> bool:
-        return not self.shared or self.store.started(execution.snapshot())
-
-    def changed(self, execution: Execution) -> None:
-        if self.shared:
-            self.store.changed(execution.snapshot())
-
-    def check_value(self, execution: Execution, value: object) -> BaseException | None:
-        if not self.shared:
-            return None
-        return self.store.check_value(execution.snapshot(), value)
-
-    def ended(self, execution: Execution, value: object, kept: bool) -> None:
-        self.executions.pop(execution.message.id, None)
-        if self.shared or kept:
-            self.store.finished(execution.snapshot(), value)
-
-    def cancel_requested(self, execution: Execution) -> bool:
-        return self.shared and self.store.cancel_requested(execution.message.id)
-
-    def cancelled_while_queued(self, execution: Execution) -> None:
-        send_cancelled(self.app, execution.handle)
-
-    def keep(self, execution: Execution) -> None:
-        # The store first, then the mark: if the task ended in between, the
-        # mark says so, and its end is counted here rather than by ended().
-        self.store.keep(execution.message.id, execution.handle)
-        if execution.keep() and not self.shared:
-            self.store.finished(execution.snapshot())
-
-    def run_here(self, execution: Execution) -> None:
-        if execution.claim():
-            run(execution, self.app)
-
-    def callback_context(self) -> t.ContextManager[object]:
-        return app_context(self.app)
 
 
 def _log_cancelled(execution: Execution, when: str) -> None:

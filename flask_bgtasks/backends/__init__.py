@@ -20,10 +20,15 @@ from .._imports import import_path
 
 if t.TYPE_CHECKING:
     from .._config import PoolConfig
+    from .._execution import Execution
     from .._message import TaskMessage
 
 #: Runs one message in the calling thread, from its first attempt to its end.
 Run = t.Callable[["TaskMessage"], None]
+#: Takes a message's task off the queue in this process, for a backend that
+#: runs it elsewhere and applies what it reports: the task's Execution, or
+#: ``None`` if it was cancelled meanwhile.
+Claim = t.Callable[["TaskMessage"], "Execution | None"]
 
 
 class Backend(abc.ABC):
@@ -37,6 +42,11 @@ class Backend(abc.ABC):
     .. versionchanged:: 0.1
         It receives messages and a ``run`` function, not live results.
     """
+
+    #: Set by the runtime before the first submit, for a backend that runs
+    #: tasks outside this process (a process pool) and relays what they
+    #: report: takes a message's task off the queue here.
+    claim: Claim | None = None
 
     def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
         self.pool_names = frozenset(pools)

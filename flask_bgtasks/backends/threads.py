@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import typing as t
 
-from .._pool import WorkerPool
+from .._children import ChildWorker, default_start_method
+from .._errors import UsageError
+from .._pool import Worker, WorkerPool
 from . import Backend, Run
 
 if t.TYPE_CHECKING:
@@ -23,9 +25,34 @@ class ThreadBackend(Backend):
     def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
         super().__init__(pools, name, run)
         self.pools = {
-            pool: WorkerPool(f"{name}-{pool}", config.max_workers, config.queue_size, run)
+            pool: WorkerPool(
+                f"{name}-{pool}",
+                config.max_workers,
+                config.queue_size,
+                run,
+                None if config.kind == "thread" else self._children(pool, config),
+            )
             for pool, config in pools.items()
         }
+
+    def _children(self, pool: str, config: PoolConfig) -> t.Callable[[], Worker]:
+        """How each worker thread of a process pool gets its child."""
+        app_import = config.app_import
+        if app_import is None:  # pragma: no cover - the config check refuses it
+            raise UsageError(f"The pool {pool!r} runs tasks in child processes: set BGTASKS_APP.")
+        start_method = config.start_method or default_start_method()
+
+        def make() -> Worker:
+            # Read now, on the first task: the runtime sets it after this
+            # backend is made.
+            claim = self.claim
+            if claim is None:
+                raise UsageError(f"The pool {pool!r} has no runtime to relay its tasks.")
+            return ChildWorker(
+                pool, app_import, claim, start_method, config.timeout_grace, config.recycle_after
+            )
+
+        return make
 
     def submit(self, message: TaskMessage) -> None:
         try:

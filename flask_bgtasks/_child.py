@@ -1,0 +1,149 @@
+"""A child process of a process pool: :func:`main` builds the app once, then
+runs the messages its parent sends, each through the one run function.
+
+Everything a task reports (its start, progress, errors, end) goes back over
+the child's pipe as a snapshot, and what it asks (may it start, was it
+asked to stop, can the store keep this value) is answered by the parent,
+which holds the task's handle and talks to the store. The child writes to
+no store itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import sys
+import threading
+import typing as t
+
+from ._errors import InvalidTaskError
+from ._execution import Execution
+from ._run import run
+
+if t.TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from flask import Flask
+
+
+def main(conn: Connection, app_import: str) -> None:
+    """The child's life: build the app, say ready, run messages until told
+    to stop or until the parent is gone."""
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group; the parent drains, and ends
+    # the children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        app = _load_app(app_import)
+    except BaseException as exc:
+        conn.send(("broken", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    observer = ChildObserver(conn, app)
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if request[0] != "run":
+            return
+        _, message, call = request
+        execution = Execution(message, call or _declared(app, message.name), None, observer)
+        execution.claim()
+        run(execution, app)
+        observer.tell("idle")
+
+
+def _declared(app: Flask, name: str) -> t.Callable[..., t.Any]:
+    task = app.extensions["bgtasks"].tasks.get(name)
+    if task is None:
+        raise InvalidTaskError(
+            f"Task {name!r} is not declared in the app that BGTASKS_APP builds in"
+            " the child process. Declare it with @bg.task in a module that the"
+            " app imports."
+        )
+    return task.fn  # type: ignore[no-any-return]
+
+
+def _load_app(app_import: str) -> Flask:
+    from flask.cli import ScriptInfo
+
+    # As 'flask --app' does: the current folder is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return ScriptInfo(app_import_path=app_import).load_app()
+
+
+def _die_with_parent() -> None:
+    # On Linux, the kernel kills this child when the process that started
+    # it dies, even while a task holds it busy: no orphan outlives its
+    # parent. (A forkserver child's parent is the fork server, which exits
+    # with the process that started it.)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class ChildObserver:
+    """The :class:`~._execution.Observer` of the tasks in a child: it asks
+    and tells the parent over the pipe. The task's thread and its watchdog
+    may both talk, so one lock keeps each question with its answer."""
+
+    def __init__(self, conn: Connection, app: Flask) -> None:
+        self._conn = conn
+        self._app = app
+        self._lock = threading.Lock()
+
+    def ask(self, *question: object) -> t.Any:
+        with self._lock:
+            self._conn.send(question)
+            return self._conn.recv()
+
+    def tell(self, *news: object) -> None:
+        with self._lock:
+            self._conn.send(news)
+
+    def may_start(self, execution: Execution) -> bool:
+        return bool(self.ask("start", execution.snapshot()))
+
+    def changed(self, execution: Execution) -> None:
+        self.tell("changed", execution.snapshot())
+
+    def check_value(self, execution: Execution, value: object) -> BaseException | None:
+        try:
+            pickle.dumps(value)
+        except Exception as exc:
+            return InvalidTaskError(
+                f"Task {execution.message.name!r} returned {type(value).__name__},"
+                f" which can't be pickled ({exc}), so it can't leave the child process"
+                " it ran in. Return plain values: str, numbers, lists and dicts of them."
+            )
+        error: BaseException | None = self.ask("check_value", value)
+        return error
+
+    def ended(
+        self, execution: Execution, value: object, error: BaseException | None, kept: bool
+    ) -> None:
+        try:
+            self.tell("ended", execution.snapshot(), value, error)
+        except Exception:  # an exception that can't be pickled: its text crosses
+            stand_in = RuntimeError(f"{type(error).__name__}: {error}")
+            self.tell("ended", execution.snapshot(), None, stand_in)
+
+    def cancel_requested(self, execution: Execution) -> bool:
+        return bool(self.ask("cancel_requested"))
+
+    def cancelled_while_queued(self, execution: Execution) -> None:
+        """The parent cancelled it, and sends the signal there."""
+
+    def keep(self, execution: Execution) -> None:
+        """Nothing is looked up by id in a child."""
+
+    def run_here(self, execution: Execution) -> None:
+        """A child runs only what its parent sends."""
+
+    def callback_context(self) -> t.ContextManager[object]:
+        return self._app.app_context()
