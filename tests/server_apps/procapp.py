@@ -9,7 +9,7 @@ import os
 import time
 import typing as t
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import text
 
@@ -36,7 +36,24 @@ def create_app() -> Flask:
     app.config.update(json.loads(os.environ.get(SETTINGS, "{}")))
     bg.init_app(app)
     db.init_app(app)
+
+    @app.post("/spin")
+    def start_spinning() -> dict[str, t.Any]:
+        """For the server tests: tasks that never return, which write where
+        they run (child pid and its parent's) into ``folder`` first."""
+        folder = request.args["folder"]
+        count = int(request.args.get("count", "1"))
+        return {"ids": [spin_forever.submit(folder).id for _ in range(count)], "pid": os.getpid()}
+
     return app
+
+
+@bg.task(pool="cpu")
+def spin_forever(folder: str) -> None:
+    with open(os.path.join(folder, f"{os.getpid()}-{os.getppid()}"), "w"):
+        pass
+    while True:  # never asks whether it should stop: only a kill ends it
+        pass
 
 
 def wait_for_file(path: str) -> None:

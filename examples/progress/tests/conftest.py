@@ -15,7 +15,10 @@ from progress_app import bg, create_app  # noqa: E402
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> t.Iterator[Flask]:
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Flask]:
+    # The report's child process builds the app again, without this test's
+    # config: the environment tells it where the store is.
+    monkeypatch.setenv("FLASK_BGTASKS_STORE", "sqlite:///" + str(tmp_path / "progress.db"))
     app = create_app(
         {
             "TESTING": True,

@@ -3,6 +3,7 @@ drives the same page in a real browser."""
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 from flask import Flask
@@ -32,7 +33,9 @@ def test_report_runs_to_the_end(app: Flask) -> None:
     status = client.get(started["status_url"]).get_json()
     assert status["status"] == "succeeded"
     assert status["progress"] == {"current": 3, "total": 3, "message": "Rendering page 3 of 3"}
-    assert status["result"] == {"title": "Quarterly report, 3 pages", "pages": 3}
+    result = status["result"]
+    assert (result["title"], result["pages"]) == ("Quarterly report, 3 pages", 3)
+    assert result["pid"] != os.getpid()  # rendered in a child process
 
 
 def test_cancel(app: Flask) -> None:
