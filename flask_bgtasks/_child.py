@@ -45,13 +45,20 @@ def main(conn: Connection, app_import: str) -> None:
     observer = ChildObserver(conn, app)
     while True:
         try:
-            request = conn.recv()
+            request = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the parent is gone
         if request[0] != "run":
             return
         _, message, call = request
-        execution = Execution(message, call or _declared(app, message.name), None, observer)
+        observer.approved = True  # the parent approved the first attempt
+        try:
+            call = call or _declared(app, message.name)
+        except InvalidTaskError as exc:
+            observer.tell("failed", exc)
+            observer.tell("idle")
+            continue
+        execution = Execution(message, call, None, observer)
         execution.claim()
         run(execution, app)
         observer.tell("idle")
@@ -96,21 +103,29 @@ class ChildObserver:
         self._conn = conn
         self._app = app
         self._lock = threading.Lock()
+        #: The parent approved the task's first attempt when it sent it.
+        self.approved = False
 
     def ask(self, *question: object) -> t.Any:
+        data = pickle.dumps(question)
         with self._lock:
-            self._conn.send(question)
-            return self._conn.recv()
+            self._conn.send_bytes(data)
+            return pickle.loads(self._conn.recv_bytes())
 
     def tell(self, *news: object) -> None:
+        data = pickle.dumps(news)
         with self._lock:
-            self._conn.send(news)
+            self._conn.send_bytes(data)
 
     def may_start(self, execution: Execution) -> bool:
-        return bool(self.ask("start", execution.snapshot()))
+        if self.approved:
+            self.approved = False
+            return True
+        return bool(self.ask("start"))
 
     def changed(self, execution: Execution) -> None:
-        self.tell("changed", execution.snapshot())
+        # The parent has the message: only what changed crosses.
+        self.tell("changed", tuple(execution.snapshot())[1:])
 
     def check_value(self, execution: Execution, value: object) -> BaseException | None:
         try:
@@ -121,17 +136,18 @@ class ChildObserver:
                 f" which can't be pickled ({exc}), so it can't leave the child process"
                 " it ran in. Return plain values: str, numbers, lists and dicts of them."
             )
-        error: BaseException | None = self.ask("check_value", value)
-        return error
+        # The parent asks the store when the value arrives.
+        return None
 
     def ended(
         self, execution: Execution, value: object, error: BaseException | None, kept: bool
     ) -> None:
+        fields = tuple(execution.snapshot())[1:]
         try:
-            self.tell("ended", execution.snapshot(), value, error)
+            self.tell("ended", fields, value, error)
         except Exception:  # an exception that can't be pickled: its text crosses
             stand_in = RuntimeError(f"{type(error).__name__}: {error}")
-            self.tell("ended", execution.snapshot(), None, stand_in)
+            self.tell("ended", fields, None, stand_in)
 
     def cancel_requested(self, execution: Execution) -> bool:
         return bool(self.ask("cancel_requested"))

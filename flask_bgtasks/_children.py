@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 import typing as t
-from multiprocessing.connection import wait
 
 from . import _child
 from ._errors import TaskCancelled, TaskCrashed, TaskTimeout, UsageError
+from ._message import TaskSnapshot
 from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
@@ -93,6 +93,7 @@ class ChildWorker:
         execution = self.claim(message)
         if execution is None:
             return
+        unsent = 0
         while True:
             try:
                 self._ensure_child()
@@ -104,6 +105,11 @@ class ChildWorker:
                 crashed = self._relay(message, execution)
             finally:
                 execution.force_stop = None
+            if crashed == "unsent" and unsent < 3:
+                # The child died while it waited for work (the OOM killer,
+                # say): the task never reached it, so a new child runs it.
+                unsent += 1
+                continue
             if not crashed or not self._run_again(execution, crashed):
                 return
             # A durable task runs again, as after any crash, in a new child.
@@ -137,6 +143,8 @@ class ChildWorker:
     def _ensure_child(self) -> None:
         if self._process is not None and self.recycle_after and self._ran >= self.recycle_after:
             self.close()
+        if self._process is not None and not self._process.is_alive():
+            self._forget_child()  # died while it waited for work
         if self._process is not None:
             return
         ours, theirs = self._context.Pipe()
@@ -193,49 +201,62 @@ class ChildWorker:
     def _relay(self, message: TaskMessage, execution: Execution) -> str | None:
         """Send the message, then answer and apply what the child says until
         it is idle again. Returns why the child is gone, if it is."""
-        conn, process = self._conn, self._process
-        assert conn is not None and process is not None
+        conn = self._conn
+        assert conn is not None
         try:
-            conn.send(("run", message, self._sendable(execution.call)))
+            request = pickle.dumps(("run", message, self._sendable(execution.call)))
         except Exception as exc:  # an argument that stopped pickling since submit
             execution.end(TaskStatus.FAILED, error=_unpicklable(message, exc), add_error=True)
             return None
+        # Its first attempt is approved here, with the store, before it is
+        # sent: one exchange less per task. The child asks before a retry.
+        if not execution.start_attempt():
+            return None
+        try:
+            conn.send_bytes(request)
+        except OSError:
+            self._forget_child()
+            return "unsent"
         self._ran += 1
-        kill_at: float | None = None
+        timeout = message.options.timeout
+        started = execution.started_at
+        kill_at = None if timeout is None or started is None else started + timeout + self.grace
         while True:
-            if kill_at is None and message.options.timeout is not None:
-                if execution.started_at is not None:
-                    kill_at = execution.started_at + message.options.timeout + self.grace
-            left = None if kill_at is None else max(0.0, kill_at - time.time())
-            ready = wait([conn, process.sentinel], left)
-            if conn in ready:
-                try:
-                    news = conn.recv()
-                except (EOFError, OSError):
-                    return self._lost(execution)
-                if news[0] == "idle":
-                    return None
-                self._apply(conn, execution, news)
-            elif process.sentinel in ready:
-                return self._lost(execution)
-            elif kill_at is not None and time.time() >= kill_at:
+            # A child that dies closes its end of the pipe, which wakes this.
+            if kill_at is not None and not conn.poll(max(0.0, kill_at - time.time())):
                 self._kill("timeout")
+                continue
+            try:
+                news = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return self._lost(execution)
+            if news[0] == "idle":
+                return None
+            self._apply(conn, execution, news)
 
     def _apply(self, conn: Connection, execution: Execution, news: tuple[t.Any, ...]) -> None:
         kind = news[0]
         if kind == "start":
-            conn.send(execution.start_attempt())
+            conn.send_bytes(pickle.dumps(execution.start_attempt()))
         elif kind == "changed":
-            execution.adopt(news[1])
-        elif kind == "check_value":
-            observer = execution.observer
-            conn.send(None if observer is None else observer.check_value(execution, news[1]))
+            execution.adopt(TaskSnapshot(execution.message, *news[1]))
         elif kind == "cancel_requested":
-            conn.send(execution.cancel_requested)
+            conn.send_bytes(pickle.dumps(execution.cancel_requested))
+        elif kind == "failed":  # the child could not even find the task
+            execution.end(TaskStatus.FAILED, error=news[1], add_error=True)
         elif kind == "ended":
-            _, snapshot, value, error = news
+            _, fields, value, error = news
+            snapshot = TaskSnapshot(execution.message, *fields)
             execution.adopt(snapshot, tell=False)
-            execution.end(snapshot.status, value, error)
+            status = snapshot.status
+            observer = execution.observer
+            if status is TaskStatus.SUCCEEDED and observer is not None:
+                # The store refuses what it can't keep (too large, say).
+                problem = observer.check_value(execution, value)
+                if problem is not None:
+                    status, value, error = TaskStatus.FAILED, None, problem
+                    logger.error("%s", problem)
+            execution.end(status, value, error, add_error=status is not snapshot.status)
 
     def _sendable(self, call: t.Callable[..., t.Any]) -> t.Callable[..., t.Any] | None:
         # A function that @bg.task declared is found by the task's name in
@@ -252,7 +273,7 @@ class ChildWorker:
         return call if sendable else None
 
     def _lost(self, execution: Execution) -> str:
-        """The child is gone while it ran the task: say why, end the task
+        """The child is gone while it had the task: say why, end the task
         unless it runs again, and return the reason."""
         reason = self._killed
         code = self._forget_child()

@@ -72,11 +72,14 @@ class StoreEvents:
         app: t.Callable[[], Flask | None],
         store: TaskStore,
         executions: t.MutableMapping[str, Execution],
+        thread_pools: t.Collection[str],
     ) -> None:
         self._app = app
         self.store = store
         self.shared = store.shared
         self.executions = executions
+        #: The pools whose tasks may run in any thread of this process.
+        self.thread_pools = frozenset(thread_pools)
 
     @property
     def app(self) -> Flask:
@@ -120,7 +123,8 @@ class StoreEvents:
             self.store.finished(execution.snapshot())
 
     def run_here(self, execution: Execution) -> None:
-        if execution.claim():
+        # Not a task of a process pool: it must run in a child.
+        if execution.message.pool in self.thread_pools and execution.claim():
             run(execution, self.app)
 
     def callback_context(self) -> t.ContextManager[object]:

@@ -90,7 +90,12 @@ class Runtime(ProcessLocal):
         # with none: its parent's tasks are not its own.
         self.executions: dict[str, Execution] = {}
         #: What the tasks of this process report to: the store, mostly.
-        self.events = StoreEvents(self._app, self.store, self.executions)
+        self.events = StoreEvents(
+            self._app,
+            self.store,
+            self.executions,
+            [name for name, pool in self.config.pools.items() if pool.kind == "thread"],
+        )
 
     @property
     def app(self) -> Flask:
@@ -218,6 +223,13 @@ class Runtime(ProcessLocal):
             self._check_durable(task)
             check_json(message)
         pool = self.config.pools.get(options.pool)
+        if pool is not None and pool.kind == "process" and options.captures:
+            raise InvalidTaskError(
+                f"Task {task.name!r} copies the request or 'g' (copy_request,"
+                f" copy_g), but its pool {options.pool!r} runs tasks in child"
+                " processes, where no copy goes. Pass the values it needs as"
+                " arguments."
+            )
         if pool is not None and pool.kind == "process" and not self.config.eager:
             # A declared task is found by name in the child; anything else
             # travels by reference.

@@ -198,3 +198,45 @@ def test_a_process_pool_needs_to_know_how_to_build_the_app(
     app.config["BGTASKS_POOLS"] = {"cpu": {"kind": "process"}}
     with pytest.raises(ConfigError, match="neither BGTASKS_APP nor FLASK_APP"):
         BGTasks(app)
+
+
+@procapp.bg.task(pool="cpu")
+def not_in_the_childs_app() -> None:
+    """Declared here, in a module the child's app never imports."""
+
+
+@procapp.bg.task(pool="cpu", copy_g=["user_id"])
+def copies_g() -> None:
+    """A process task can't copy g: nothing of the request goes to a child."""
+
+
+@procapp.bg.task
+def waits_for_a_process_task(n: int) -> int:
+    pid: int = procapp.where.submit(n).result(30)["pid"]
+    return pid
+
+
+def test_a_task_the_child_cannot_find_fails_with_a_clear_error(app: Flask) -> None:
+    with app.app_context():
+        result = not_in_the_childs_app.submit()
+        with pytest.raises(InvalidTaskError, match="is not declared in the app"):
+            result.result(30)
+        assert procapp.where.submit(1).result(30)["n"] == 1  # the child is fine
+
+
+def test_copying_the_request_to_a_process_task_is_refused(app: Flask) -> None:
+    with app.app_context(), pytest.raises(InvalidTaskError, match="runs tasks in child"):
+        copies_g.submit()
+
+
+def test_a_thread_task_waiting_for_a_queued_process_task_does_not_run_it(
+    app: Flask, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    with app.app_context():
+        held = [procapp.pid_and_wait.submit(str(gate)) for _ in range(2)]
+        wait_for(lambda: all(h.status is TaskStatus.RUNNING for h in held), 30, "busy children")
+        waiter = waits_for_a_process_task.submit(8)
+        gate.touch()
+        assert waiter.result(30) != os.getpid()  # it ran in a child, not in the waiting thread
+        assert all(isinstance(h.result(30), int) for h in held)
