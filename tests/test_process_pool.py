@@ -240,3 +240,30 @@ def test_a_thread_task_waiting_for_a_queued_process_task_does_not_run_it(
         gate.touch()
         assert waiter.result(30) != os.getpid()  # it ran in a child, not in the waiting thread
         assert all(isinstance(h.result(30), int) for h in held)
+
+
+def test_a_child_is_recycled_after_its_tasks(make_procapp: t.Callable[..., Flask]) -> None:
+    app = make_procapp(
+        BGTASKS_POOLS={"cpu": {"kind": "process", "max_workers": 1, "recycle_after": 2}}
+    )
+    with app.app_context():
+        pids = [procapp.where.submit(n).result(30)["pid"] for n in range(4)]
+    assert pids[0] == pids[1] != pids[2] == pids[3]
+
+
+def test_the_queue_of_a_process_pool_is_bounded(
+    make_procapp: t.Callable[..., Flask], tmp_path: Path
+) -> None:
+    from flask_bgtasks import QueueFull
+
+    gate = tmp_path / "gate"
+    app = make_procapp(
+        BGTASKS_POOLS={"cpu": {"kind": "process", "max_workers": 1, "queue_size": 1}}
+    )
+    with app.app_context():
+        running = procapp.pid_and_wait.submit(str(gate))
+        queued = procapp.pid_and_wait.submit(str(gate))
+        with pytest.raises(QueueFull, match="'test_app-cpu'|is full"):
+            procapp.pid_and_wait.submit(str(gate))
+        gate.touch()
+        assert running.result(30) == queued.result(30)  # one child ran both
