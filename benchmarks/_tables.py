@@ -1,8 +1,9 @@
 """The tables and command-line plumbing that the benchmark scripts share.
 
-A module of its own so that ``overhead.py`` and ``throughput.py`` print their
-tables the same way. Each script is run as ``python benchmarks/<script>.py``,
-which puts this folder on ``sys.path``, so they ``import _tables``.
+A module of its own so that ``overhead.py``, ``throughput.py`` and
+``processes.py`` print their tables the same way. Each script is run as
+``python benchmarks/<script>.py``, which puts this folder on ``sys.path``, so
+they ``import _tables`` (and ``_fresh``, which runs their cases).
 
 A table has one or more label columns, left-aligned, then its numbers,
 right-aligned. It renders as aligned text, as Markdown, or as a reST
@@ -60,13 +61,18 @@ class Table:
         return [row.cells(len(self.header)) for row in self.rows]
 
 
+def shorten(message: str) -> str:
+    """The message cut to :data:`MAX_ERROR_LENGTH` characters, ``...`` ending
+    one that was cut."""
+    if len(message) > MAX_ERROR_LENGTH:
+        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
+    return message
+
+
 def describe_error(exc: BaseException) -> str:
     """``n/a (Type: message)``, the message cut to one short line."""
     lines = str(exc).strip().splitlines()
-    message = lines[0] if lines else ""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({type(exc).__name__}: {message})"
+    return f"n/a ({type(exc).__name__}: {shorten(lines[0] if lines else '')})"
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:
@@ -159,3 +165,35 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def add_tasks_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--tasks",
+        type=positive_int,
+        default=default,
+        help="no-op tasks per timed run (default: %(default)s)",
+    )
+
+
+def add_rounds_argument(parser: argparse.ArgumentParser, *, one_table: bool = False) -> None:
+    shows = "the table shows" if one_table else "the tables show"
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=5,
+        help=f"interleaved rounds; {shows} medians (default: %(default)s)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, one_table: bool = False) -> None:
+    """``--markdown`` and ``--rst``, for a script that prints one table or
+    several."""
+    tables = "the table" if one_table else "the tables"
+    list_tables = "a reST list-table" if one_table else "reST list-tables"
+    parser.add_argument("--markdown", action="store_true", help=f"also print {tables} as Markdown")
+    parser.add_argument(
+        "--rst",
+        metavar="PATH",
+        help=f"also write {tables} as {list_tables} to PATH, for the docs",
+    )

@@ -64,22 +64,20 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import os
-import statistics
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from _fresh import MeasurementFailed, Samples, Script, measure_rounds, report
 from _tables import (
-    MAX_ERROR_LENGTH,
     Row,
     Table,
-    describe_error,
+    add_output_arguments,
+    add_rounds_argument,
+    add_tasks_argument,
     format_number,
     format_ratio,
     machine_description,
@@ -300,118 +298,31 @@ def case_memory(contender: str, queued: int) -> float:
 
 # The measuring process --------------------------------------------------------
 
-#: What a measuring process prints: numbers by name, or ``{"error": text}``.
-Result = dict[str, t.Any]
 
-
-def run_case(contender: str, scenario: str, tasks: int) -> Result:
-    try:
-        wall, cpu = time_case((contender, scenario), tasks)
-    except Exception as exc:  # noqa: BLE001 - any failure is shown as n/a
-        return {"error": describe_error(exc)}
+def run_case(contender: str, scenario: str, tasks: int) -> dict[str, float]:
+    wall, cpu = time_case((contender, scenario), tasks)
     return {"wall": wall, "cpu": cpu}
 
 
-def run_memory(contender: str, queued: int) -> Result:
-    try:
-        return {"bytes": case_memory(contender, queued)}
-    except Exception as exc:  # noqa: BLE001 - any failure is shown as n/a
-        return {"error": describe_error(exc)}
+def run_memory(contender: str, queued: int) -> dict[str, float]:
+    return {"bytes": case_memory(contender, queued)}
 
 
 # Starting the measuring processes ---------------------------------------------
 
-
-class MeasurementFailed(Exception):
-    """A measuring process gave no result; the message is the ``n/a`` text."""
-
-
-def failure_text(message: str) -> str:
-    """``n/a (message)``, the message cut to one short line."""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({message})"
+#: This script, as it runs again to measure one case.
+SCRIPT = Script(os.path.abspath(__file__), CASE_TIMEOUT)
 
 
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1].strip() if lines else ""
+def measure_overhead(tasks: int, rounds: int) -> dict[Case, Samples]:
+    """The wall and CPU microseconds per task of every case in every round,
+    each in a fresh process, one process at a time. A case that failed once
+    is not run again."""
 
+    def measure(case: Case) -> dict[str, float]:
+        return SCRIPT.measure(["--case", *case, "--tasks", str(tasks)], ["wall", "cpu"])
 
-def measure_in_process(options: list[str], names: list[str]) -> dict[str, float]:
-    """Run this script with ``options`` in a fresh Python process and return
-    the numbers called ``names`` from the JSON line it prints.
-
-    :raises MeasurementFailed: if the process failed, hung or printed an error.
-    """
-    command = [sys.executable, os.path.abspath(__file__), *options]
-    try:
-        finished = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CASE_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise MeasurementFailed(failure_text(f"no result within {CASE_TIMEOUT:g} s")) from None
-    if finished.returncode != 0:
-        reason = last_line(finished.stderr) or "no error output"
-        raise MeasurementFailed(failure_text(f"exit status {finished.returncode}: {reason}"))
-    output = last_line(finished.stdout)
-    try:
-        result = json.loads(output)
-        if not isinstance(result, dict):
-            raise TypeError("The result is not a JSON object.")
-        if "error" in result:
-            raise MeasurementFailed(str(result["error"]))
-        return {name: float(result[name]) for name in names}
-    except (ValueError, TypeError, KeyError):
-        raise MeasurementFailed(failure_text(f"unreadable result: {output!r}")) from None
-
-
-@dataclasses.dataclass
-class Timings:
-    """The per-task times of one case over the rounds, in microseconds."""
-
-    wall: list[float] = dataclasses.field(default_factory=list)
-    cpu: list[float] = dataclasses.field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median_wall(self) -> float | None:
-        return None if self.error else statistics.median(self.wall)
-
-    @property
-    def median_cpu(self) -> float | None:
-        return None if self.error else statistics.median(self.cpu)
-
-
-def rotated(cases: list[Case], by: int) -> list[Case]:
-    by %= len(cases)
-    return cases[by:] + cases[:by]
-
-
-def measure_overhead(tasks: int, rounds: int) -> dict[Case, Timings]:
-    """Time every case once per round, each in a fresh process, one process
-    at a time. A case that failed once is not run again."""
-    timings = {case: Timings() for case in ALL_CASES}
-    for round_index in range(rounds):
-        progress(f"round {round_index + 1}/{rounds}")
-        for case in rotated(ALL_CASES, round_index):
-            record = timings[case]
-            if record.error:
-                continue
-            options = ["--case", *case, "--tasks", str(tasks)]
-            try:
-                result = measure_in_process(options, ["wall", "cpu"])
-            except MeasurementFailed as exc:
-                record.error = str(exc)
-                continue
-            record.wall.append(result["wall"])
-            record.cpu.append(result["cpu"])
-    return timings
+    return measure_rounds(ALL_CASES, rounds, measure)
 
 
 def measure_memory(queued: int) -> dict[Case, float | str]:
@@ -422,7 +333,7 @@ def measure_memory(queued: int) -> dict[Case, float | str]:
         progress(f"memory: {case[0]}, {case[1]}")
         options = ["--memory", case[0], "--queued", str(queued)]
         try:
-            results[case] = measure_in_process(options, ["bytes"])["bytes"]
+            results[case] = SCRIPT.measure(options, ["bytes"])["bytes"]
         except MeasurementFailed as exc:
             results[case] = str(exc)
     return results
@@ -431,16 +342,17 @@ def measure_memory(queued: int) -> dict[Case, float | str]:
 # Tables ----------------------------------------------------------------------
 
 
-def overhead_table(timings: dict[Case, Timings], tasks: int, rounds: int) -> Table:
+def overhead_table(timings: dict[Case, Samples], tasks: int, rounds: int) -> Table:
     rows = []
     for contender, scenario in ALL_CASES:
         record = timings[contender, scenario]
         baseline = timings[BASELINE, scenario]
+        wall, cpu = record.median("wall"), record.median("cpu")
         values = [
-            format_number(record.median_wall),
-            format_number(record.median_cpu),
-            format_ratio(ratio(record.median_wall, baseline.median_wall)),
-            format_ratio(ratio(record.median_cpu, baseline.median_cpu)),
+            format_number(wall),
+            format_number(cpu),
+            format_ratio(ratio(wall, baseline.median("wall"))),
+            format_ratio(ratio(cpu, baseline.median("cpu"))),
         ]
         rows.append(Row([contender, scenario], values, record.error))
     return Table(
@@ -495,11 +407,11 @@ def write_rst(path: str, overhead: Table, memory: Table) -> None:
 # Verdicts and command line ---------------------------------------------------
 
 
-def target_line(timings: dict[Case, Timings]) -> str:
+def target_line(timings: dict[Case, Samples]) -> str:
     """The verdict on the wall time of Flask-BGTasks in an app context."""
     value = ratio(
-        timings["Flask-BGTasks", TARGET_SCENARIO].median_wall,
-        timings[BASELINE, TARGET_SCENARIO].median_wall,
+        timings["Flask-BGTasks", TARGET_SCENARIO].median("wall"),
+        timings[BASELINE, TARGET_SCENARIO].median("wall"),
     )
     if value is None:
         verdict = "NOT DONE, nothing to compare"
@@ -535,30 +447,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Measure the per-task overhead of Flask-BGTasks against"
         " ThreadPoolExecutor and Flask-Executor."
     )
-    parser.add_argument(
-        "--tasks",
-        type=positive_int,
-        default=20_000,
-        help="no-op tasks per timed run (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=5,
-        help="interleaved rounds; the tables show medians (default: %(default)s)",
-    )
+    add_tasks_argument(parser, 20_000)
+    add_rounds_argument(parser)
     parser.add_argument(
         "--queued",
         type=positive_int,
         default=200_000,
         help="tasks queued for the memory measurement (default: %(default)s)",
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
-    parser.add_argument(
-        "--rst",
-        metavar="PATH",
-        help="also write the tables as reST list-tables to PATH, for the docs",
-    )
+    add_output_arguments(parser)
     one = parser.add_mutually_exclusive_group()
     one.add_argument(
         "--case",
@@ -589,10 +486,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.case is not None:
         contender, scenario = args.case
-        print(json.dumps(run_case(contender, scenario, args.tasks)), flush=True)
+        report(lambda: run_case(contender, scenario, args.tasks))
         return
     if args.memory is not None:
-        print(json.dumps(run_memory(args.memory, args.queued)), flush=True)
+        report(lambda: run_memory(args.memory, args.queued))
         return
     started = time.perf_counter()
     timings = measure_overhead(args.tasks, args.rounds)

@@ -65,24 +65,20 @@ The defaults take under a minute on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
-import json
 import os
-import signal
-import statistics
-import subprocess
-import sys
 import time
 import typing as t
 
 import _cpu_app
+from _fresh import Samples, Script, measure_rounds, report
 from _tables import (
-    MAX_ERROR_LENGTH,
     Row,
     Table,
-    describe_error,
+    add_output_arguments,
+    add_rounds_argument,
+    add_tasks_argument,
     format_number,
     format_ratio,
     machine_description,
@@ -217,9 +213,6 @@ def time_cold_start() -> float:
 
 # The measuring process -------------------------------------------------------
 
-#: What a measuring process prints: its seconds, or ``{"error": text}``.
-Result = dict[str, t.Any]
-
 
 def time_case(case: str, tasks: int, cpu_tasks: int, loops: int) -> float:
     """Time one case once, in this process, on a new app."""
@@ -239,124 +232,27 @@ def time_case(case: str, tasks: int, cpu_tasks: int, loops: int) -> float:
         _cpu_app.bg.shutdown(wait=True, timeout=30)
 
 
-def run_case(case: str, tasks: int, cpu_tasks: int, loops: int) -> Result:
-    try:
-        return {"seconds": time_case(case, tasks, cpu_tasks, loops)}
-    except Exception as exc:  # noqa: BLE001 - any failure is shown as n/a
-        return {"error": describe_error(exc)}
+def run_case(case: str, tasks: int, cpu_tasks: int, loops: int) -> dict[str, float]:
+    return {"seconds": time_case(case, tasks, cpu_tasks, loops)}
 
 
 # Starting the measuring processes --------------------------------------------
 
-
-class MeasurementFailed(Exception):
-    """A measuring process gave no result; the message is the ``n/a`` text."""
-
-
-def failure_text(message: str) -> str:
-    """``n/a (message)``, the message cut to one short line."""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({message})"
+#: This script, as it runs again to time one case: in this folder, from
+#: which the measuring process's children import ``_cpu_app``.
+SCRIPT = Script(os.path.abspath(__file__), CASE_TIMEOUT, cwd=BENCHMARKS)
 
 
-def last_text_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1].strip() if lines else ""
+def measure(tasks: int, cpu_tasks: int, loops: int, rounds: int) -> dict[str, Samples]:
+    """The seconds of every case in every round, each in a fresh process, one
+    process at a time. A case that failed once is not run again."""
 
+    def measure_case(case: str) -> dict[str, float]:
+        options = ["--case", case, "--tasks", str(tasks)]
+        options += ["--cpu-tasks", str(cpu_tasks), "--loops", str(loops)]
+        return SCRIPT.measure(options, ["seconds"])
 
-def kill_group(process: subprocess.Popen[str]) -> None:
-    """Kill a measuring process and the fork server and children it
-    started, which share its process group, and reap it."""
-    if hasattr(os, "killpg"):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    else:
-        process.kill()
-    process.communicate()
-
-
-def measure_in_process(options: list[str]) -> float:
-    """Run this script with ``options`` in a fresh Python process, in this
-    folder, and return the seconds from the JSON line it prints.
-
-    :raises MeasurementFailed: if the process failed, hung or printed an error.
-    """
-    command = [sys.executable, os.path.abspath(__file__), *options]
-    # A process group of its own, so that a hung process goes together with
-    # its fork server and children.
-    process = subprocess.Popen(
-        command,
-        cwd=BENCHMARKS,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=CASE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        raise MeasurementFailed(failure_text(f"no result within {CASE_TIMEOUT:g} s")) from None
-    except BaseException:
-        kill_group(process)
-        raise
-    if process.returncode != 0:
-        reason = last_text_line(stderr) or "no error output"
-        raise MeasurementFailed(failure_text(f"exit status {process.returncode}: {reason}"))
-    output = last_text_line(stdout)
-    try:
-        result = json.loads(output)
-        if not isinstance(result, dict):
-            raise TypeError("The result is not a JSON object.")
-        if "error" in result:
-            raise MeasurementFailed(str(result["error"]))
-        return float(result["seconds"])
-    except (ValueError, TypeError, KeyError):
-        raise MeasurementFailed(failure_text(f"unreadable result: {output!r}")) from None
-
-
-@dataclasses.dataclass
-class Timings:
-    """One case's seconds over the rounds."""
-
-    seconds: list[float] = dataclasses.field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        if self.error or not self.seconds:
-            return None
-        return statistics.median(self.seconds)
-
-    @property
-    def worst(self) -> float | None:
-        return None if self.error or not self.seconds else max(self.seconds)
-
-
-def rotated(keys: list[str], by: int) -> list[str]:
-    by %= len(keys)
-    return keys[by:] + keys[:by]
-
-
-def measure(tasks: int, cpu_tasks: int, loops: int, rounds: int) -> dict[str, Timings]:
-    """Time every case once per round, each in a fresh process, one process
-    at a time. A case that failed once is not run again."""
-    timings = {case: Timings() for case in ALL_CASES}
-    for round_index in range(rounds):
-        progress(f"round {round_index + 1}/{rounds}")
-        for case in rotated(ALL_CASES, round_index):
-            record = timings[case]
-            if record.error:
-                continue
-            options = ["--case", case, "--tasks", str(tasks)]
-            options += ["--cpu-tasks", str(cpu_tasks), "--loops", str(loops)]
-            try:
-                record.seconds.append(measure_in_process(options))
-            except MeasurementFailed as exc:
-                record.error = str(exc)
-    return timings
+    return measure_rounds(ALL_CASES, rounds, measure_case)
 
 
 def calibrate(task_seconds: float) -> tuple[int, float]:
@@ -383,22 +279,26 @@ def rate(tasks: int, seconds: float | None) -> float | None:
     return None if not seconds else tasks / seconds
 
 
-def speedup(timings: dict[str, Timings]) -> float | None:
+def speedup(timings: dict[str, Samples]) -> float | None:
     """The thread pool's wall time over the process pool's."""
-    return ratio(timings[CPU_CASES[THREADS]].median, timings[CPU_CASES[PROCESS]].median)
+    return ratio(
+        timings[CPU_CASES[THREADS]].median("seconds"),
+        timings[CPU_CASES[PROCESS]].median("seconds"),
+    )
 
 
 def cpu_table(
-    timings: dict[str, Timings], cpu_tasks: int, loops: int, alone: float, rounds: int
+    timings: dict[str, Samples], cpu_tasks: int, loops: int, alone: float, rounds: int
 ) -> Table:
-    baseline = timings[CPU_CASES[THREADS]].median
+    baseline = timings[CPU_CASES[THREADS]].median("seconds")
     rows = []
     for pool, case in CPU_CASES.items():
         record = timings[case]
+        seconds = record.median("seconds")
         values = [
-            format_number(record.median, 2),
-            format_number(rate(cpu_tasks, record.median), 2),
-            format_ratio(ratio(baseline, record.median)),
+            format_number(seconds, 2),
+            format_number(rate(cpu_tasks, seconds), 2),
+            format_ratio(ratio(baseline, seconds)),
         ]
         rows.append(Row([POOL_LABELS[pool]], values, record.error))
     return Table(
@@ -423,12 +323,12 @@ def cpu_table(
     )
 
 
-def noop_table(timings: dict[str, Timings], tasks: int, rounds: int) -> Table:
-    baseline = timings[NOOP_CASES[THREADS]].median
+def noop_table(timings: dict[str, Samples], tasks: int, rounds: int) -> Table:
+    baseline = timings[NOOP_CASES[THREADS]].median("seconds")
     rows = []
     for pool, case in NOOP_CASES.items():
         record = timings[case]
-        seconds = record.median
+        seconds = record.median("seconds")
         values = [
             format_number(rate(tasks, seconds), 0),
             format_number(None if seconds is None else seconds / tasks * 1e6),
@@ -443,13 +343,13 @@ def noop_table(timings: dict[str, Timings], tasks: int, rounds: int) -> Table:
     )
 
 
-def cold_table(timings: dict[str, Timings], rounds: int) -> Table:
+def cold_table(timings: dict[str, Samples], rounds: int) -> Table:
     record = timings[COLD_CASE]
-    seconds = [] if record.error else sorted(record.seconds)
+    seconds = sorted(record.values("seconds"))
     values = [
-        format_number(record.median, 3),
+        format_number(record.median("seconds"), 3),
         format_number(seconds[0] if seconds else None, 3),
-        format_number(record.worst, 3),
+        format_number(seconds[-1] if seconds else None, 3),
     ]
     return Table(
         title=(
@@ -477,12 +377,13 @@ def common_notes() -> list[str]:
     ]
 
 
-def target_lines(timings: dict[str, Timings], tasks: int) -> list[str]:
+def target_lines(timings: dict[str, Samples], tasks: int) -> list[str]:
     """One line per goal of the issue."""
     limit = min(WORKERS, os.cpu_count() or 1)
     value = speedup(timings)
-    noop_rate = rate(tasks, timings[NOOP_CASES[PROCESS]].median)
-    cold, worst = timings[COLD_CASE].median, timings[COLD_CASE].worst
+    noop_rate = rate(tasks, timings[NOOP_CASES[PROCESS]].median("seconds"))
+    cold = timings[COLD_CASE].median("seconds")
+    worst = max(timings[COLD_CASE].values("seconds"), default=None)
     return [
         target_line(
             f"CPU-bound tasks run >= {TARGET_SPEEDUP:.1f}x faster on {WORKERS} processes"
@@ -544,12 +445,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Measure a process pool of Flask-BGTasks against a thread pool:"
         " CPU-bound tasks, no-op tasks per second, and the first task on a cold pool."
     )
-    parser.add_argument(
-        "--tasks",
-        type=positive_int,
-        default=5_000,
-        help="no-op tasks per timed run (default: %(default)s)",
-    )
+    add_tasks_argument(parser, 5_000)
     parser.add_argument(
         "--cpu-tasks",
         type=positive_int,
@@ -562,18 +458,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.3,
         help="about how long one CPU-bound task takes alone (default: %(default)s)",
     )
-    parser.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=5,
-        help="interleaved rounds; the tables show medians (default: %(default)s)",
-    )
-    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
-    parser.add_argument(
-        "--rst",
-        metavar="PATH",
-        help="also write the tables as reST list-tables to PATH, for the docs",
-    )
+    add_rounds_argument(parser)
+    add_output_arguments(parser)
     parser.add_argument(
         "--case",
         choices=ALL_CASES,
@@ -597,8 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.case is not None:
-        result = run_case(args.case, args.tasks, args.cpu_tasks, args.loops or 1)
-        print(json.dumps(result), flush=True)
+        report(lambda: run_case(args.case, args.tasks, args.cpu_tasks, args.loops or 1))
         return
     started = time.perf_counter()
     load_before = load_average()

@@ -81,13 +81,10 @@ import functools
 import gc
 import importlib
 import importlib.util
-import json
 import os
 import pstats
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,16 +92,18 @@ import threading
 import time
 import typing as t
 
+from _fresh import MeasurementFailed, Samples, Script, measure_rounds, report
 from _tables import (
-    MAX_ERROR_LENGTH,
     Row,
     Table,
+    add_output_arguments,
+    add_rounds_argument,
+    add_tasks_argument,
     describe_error,
     format_number,
     format_ratio,
     machine_description,
     positive_int,
-    progress,
     ratio,
     render_markdown,
     render_rst,
@@ -379,10 +378,6 @@ BGTASKS_SYSTEMS: dict[str, SystemFactory] = {
 
 # The measuring process -------------------------------------------------------
 
-#: What a measuring process prints: its microseconds per task, or
-#: ``{"error": text}``.
-Result = dict[str, t.Any]
-
 
 def preload() -> None:
     """Import :data:`PRELOADED`, so that every row starts with the same
@@ -402,109 +397,23 @@ def time_system(factory: SystemFactory, tasks: int) -> float:
         return time.perf_counter() - start
 
 
-def run_case(row: str, tasks: int, redis_url: str | None, rq_worker_class: str) -> Result:
-    """Time one row once, in this process."""
-    try:
-        preload()
-        if row == "rq":
-            if redis_url is None:
-                raise ValueError("The RQ row needs the URL of a running Redis (--redis-url).")
-            factory: SystemFactory = functools.partial(rq_worker, redis_url, rq_worker_class)
-        else:
-            factory = BGTASKS_SYSTEMS[row]
-        seconds = time_system(factory, tasks)
-    except Exception as exc:  # noqa: BLE001 - any failure is shown as n/a
-        return {"error": describe_error(exc)}
+def run_case(row: str, tasks: int, redis_url: str | None, rq_worker_class: str) -> dict[str, float]:
+    """Time one row once, in this process: its microseconds per task."""
+    preload()
+    if row == "rq":
+        if redis_url is None:
+            raise ValueError("The RQ row needs the URL of a running Redis (--redis-url).")
+        factory: SystemFactory = functools.partial(rq_worker, redis_url, rq_worker_class)
+    else:
+        factory = BGTASKS_SYSTEMS[row]
+    seconds = time_system(factory, tasks)
     return {"us_per_task": seconds / tasks * 1e6}
 
 
 # Starting the measuring processes --------------------------------------------
 
-
-class MeasurementFailed(Exception):
-    """A measuring process gave no result; the message is the ``n/a`` text."""
-
-
-def failure_text(message: str) -> str:
-    """``n/a (message)``, the message cut to one short line."""
-    if len(message) > MAX_ERROR_LENGTH:
-        message = message[: MAX_ERROR_LENGTH - 3].rstrip() + "..."
-    return f"n/a ({message})"
-
-
-def last_text_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1].strip() if lines else ""
-
-
-def kill_group(process: subprocess.Popen[str]) -> None:
-    """Kill a measuring process and whatever it started (the RQ worker),
-    which share its process group, and reap it."""
-    if hasattr(os, "killpg"):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    else:
-        process.kill()
-    process.communicate()
-
-
-def measure_in_process(options: list[str]) -> float:
-    """Run this script with ``options`` in a fresh Python process and return
-    the microseconds per task from the JSON line it prints.
-
-    :raises MeasurementFailed: if the process failed, hung or printed an error.
-    """
-    command = [sys.executable, os.path.abspath(__file__), *options]
-    # A process group of its own, so that a hung process goes together with
-    # the RQ worker it started.
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=CASE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        raise MeasurementFailed(failure_text(f"no result within {CASE_TIMEOUT:g} s")) from None
-    except BaseException:
-        kill_group(process)
-        raise
-    if process.returncode != 0:
-        reason = last_text_line(stderr) or "no error output"
-        raise MeasurementFailed(failure_text(f"exit status {process.returncode}: {reason}"))
-    output = last_text_line(stdout)
-    try:
-        result = json.loads(output)
-        if not isinstance(result, dict):
-            raise TypeError("The result is not a JSON object.")
-        if "error" in result:
-            raise MeasurementFailed(str(result["error"]))
-        return float(result["us_per_task"])
-    except (ValueError, TypeError, KeyError):
-        raise MeasurementFailed(failure_text(f"unreadable result: {output!r}")) from None
-
-
-@dataclasses.dataclass
-class Timings:
-    """One row's microseconds per task over the rounds."""
-
-    us_per_task: list[float] = dataclasses.field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        if self.error or not self.us_per_task:
-            return None
-        return statistics.median(self.us_per_task)
-
-
-def rotated(keys: list[str], by: int) -> list[str]:
-    by %= len(keys)
-    return keys[by:] + keys[:by]
+#: This script, as it runs again to time one row.
+SCRIPT = Script(os.path.abspath(__file__), CASE_TIMEOUT)
 
 
 def start_redis(stack: contextlib.ExitStack) -> str:
@@ -521,30 +430,24 @@ def start_redis(stack: contextlib.ExitStack) -> str:
         raise MeasurementFailed(describe_error(exc)) from exc
 
 
-def measure(tasks: int, rounds: int, rq_worker_class: str) -> dict[str, Timings]:
-    """Time every row once per round, each in a fresh process, one process
-    at a time. A row that failed once is not run again."""
-    timings = {key: Timings() for key in ROWS}
+def measure(tasks: int, rounds: int, rq_worker_class: str) -> dict[str, Samples]:
+    """The microseconds per task of every row in every round, each in a fresh
+    process, one process at a time. A row that failed once is not run again."""
     with contextlib.ExitStack() as stack:
+        failed: dict[str, str] = {}
         redis_url: str | None = None
         try:
             redis_url = start_redis(stack)
         except MeasurementFailed as exc:
-            timings["rq"].error = str(exc)
-        for round_index in range(rounds):
-            progress(f"round {round_index + 1}/{rounds}")
-            for key in rotated(ROWS, round_index):
-                record = timings[key]
-                if record.error:
-                    continue
-                options = ["--case", key, "--tasks", str(tasks)]
-                if key == "rq" and redis_url is not None:
-                    options += ["--redis-url", redis_url, "--rq-worker-class", rq_worker_class]
-                try:
-                    record.us_per_task.append(measure_in_process(options))
-                except MeasurementFailed as exc:
-                    record.error = str(exc)
-    return timings
+            failed["rq"] = str(exc)
+
+        def measure_row(key: str) -> dict[str, float]:
+            options = ["--case", key, "--tasks", str(tasks)]
+            if key == "rq" and redis_url is not None:
+                options += ["--redis-url", redis_url, "--rq-worker-class", rq_worker_class]
+            return SCRIPT.measure(options, ["us_per_task"])
+
+        return measure_rounds(ROWS, rounds, measure_row, failed)
 
 
 # Profiling -------------------------------------------------------------------
@@ -683,16 +586,17 @@ def rate(us_per_task: float | None) -> float | None:
 
 
 def throughput_table(
-    timings: dict[str, Timings], tasks: int, rounds: int, rq_worker_class: str
+    timings: dict[str, Samples], tasks: int, rounds: int, rq_worker_class: str
 ) -> Table:
-    baseline = timings[BASELINE].median
+    baseline = timings[BASELINE].median("us_per_task")
     simple = rq_worker_class == RQ_WORKER_CLASS
     rows = []
     for key, record in timings.items():
+        median = record.median("us_per_task")
         values = [
-            format_number(rate(record.median), 0),
-            format_number(record.median),
-            format_ratio(ratio(record.median, baseline)),
+            format_number(rate(median), 0),
+            format_number(median),
+            format_ratio(ratio(median, baseline)),
         ]
         rows.append(Row([LABELS[key]], values, record.error))
     return Table(
@@ -724,10 +628,12 @@ def throughput_table(
     )
 
 
-def target_lines(timings: dict[str, Timings]) -> list[str]:
+def target_lines(timings: dict[str, Samples]) -> list[str]:
     """One line per goal of the issue, each about the row it names."""
-    cost = ratio(timings[TARGET_RATIO_ROW].median, timings[BASELINE].median)
-    durable = rate(timings[TARGET_DURABLE_ROW].median)
+    cost = ratio(
+        timings[TARGET_RATIO_ROW].median("us_per_task"), timings[BASELINE].median("us_per_task")
+    )
+    durable = rate(timings[TARGET_DURABLE_ROW].median("us_per_task"))
     durable_text = "n/a" if durable is None else f"{format_number(durable, 0)} tasks/s"
     return [
         target_line(
@@ -781,30 +687,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Measure the end-to-end throughput of no-op tasks with the"
         " memory and SQLite stores of Flask-BGTasks, and with RQ."
     )
-    parser.add_argument(
-        "--tasks",
-        type=positive_int,
-        default=5_000,
-        help="no-op tasks per timed run (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=5,
-        help="interleaved rounds; the table shows medians (default: %(default)s)",
-    )
+    add_tasks_argument(parser, 5_000)
+    add_rounds_argument(parser, one_table=True)
     parser.add_argument(
         "--rq-worker-class",
         default=RQ_WORKER_CLASS,
         metavar="CLASS",
         help="the RQ worker class (default: %(default)s)",
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument(
-        "--rst",
-        metavar="PATH",
-        help="also write the table as a reST list-table to PATH, for the docs",
-    )
+    add_output_arguments(parser, one_table=True)
     one = parser.add_mutually_exclusive_group()
     one.add_argument(
         "--profile",
@@ -842,8 +733,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.case is not None:
-        result = run_case(args.case, args.tasks, args.redis_url, args.rq_worker_class)
-        print(json.dumps(result), flush=True)
+        report(lambda: run_case(args.case, args.tasks, args.redis_url, args.rq_worker_class))
         return
     if args.profile:
         profile_system(args.profile, args.tasks, args.top)

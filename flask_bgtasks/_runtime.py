@@ -99,10 +99,8 @@ class Runtime(ProcessLocal):
 
     @property
     def app(self) -> Flask:
-        app = self._app()
-        if app is None:  # pragma: no cover - a task outlived its app
-            raise UsageError("The app this task belongs to no longer exists.")
-        return app
+        """The app. :raises UsageError: If it no longer exists."""
+        return self.events.app
 
     def install(self, app: Flask) -> None:
         """Hook into ``app``: the store's upkeep in the processes that serve
