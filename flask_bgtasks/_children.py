@@ -102,15 +102,15 @@ class ChildWorker:
                 return
             execution.force_stop = self.kill_for_cancel
             try:
-                crashed = self._relay(message, execution)
+                again = self._relay(message, execution)
             finally:
                 execution.force_stop = None
-            if crashed == "unsent" and unsent < 3:
+            if again == "unsent" and unsent < 3:
                 # The child died while it waited for work (the OOM killer,
                 # say): the task never reached it, so a new child runs it.
                 unsent += 1
                 continue
-            if not crashed or not self._run_again(execution, crashed):
+            if again != "crashed":
                 return
             # A durable task runs again, as after any crash, in a new child.
             message = message._replace(attempt=execution.attempt, errors=execution.errors)
@@ -200,7 +200,9 @@ class ChildWorker:
 
     def _relay(self, message: TaskMessage, execution: Execution) -> str | None:
         """Send the message, then answer and apply what the child says until
-        it is idle again. Returns why the child is gone, if it is."""
+        it is idle again. Returns ``"unsent"`` if the child was gone before
+        it got the task, ``"crashed"`` if it died and the task must run
+        again; else ``None``."""
         conn = self._conn
         assert conn is not None
         try:
@@ -272,15 +274,15 @@ class ChildWorker:
             self._sent[call] = sendable
         return call if sendable else None
 
-    def _lost(self, execution: Execution) -> str:
-        """The child is gone while it had the task: say why, end the task
-        unless it runs again, and return the reason."""
+    def _lost(self, execution: Execution) -> str | None:
+        """The child is gone while it had the task: say why, and end the
+        task, unless it is durable and runs again: then ``"crashed"``."""
         reason = self._killed
         code = self._forget_child()
         name = execution.message.name
         ident = execution.handle.id
         if reason == "deadline":
-            return reason  # the shutdown ends the task itself
+            return None  # the shutdown ends the task itself
         if reason == "timeout":
             error: BaseException = TaskTimeout(
                 f"Task {name!r} (id {ident}) did not finish within its timeout of"
@@ -298,20 +300,17 @@ class ChildWorker:
             )
             reason = "crash"
         logger.error("%s", error)
-        if reason == "crash" and self._run_again(execution, reason):
-            execution.add_error(error)
-            return reason
-        status = TaskStatus.CANCELLED if reason == "cancel" else TaskStatus.FAILED
-        execution.end(status, error=error, add_error=True)
-        return reason
-
-    def _run_again(self, execution: Execution, reason: str) -> bool:
-        return (
+        if (
             reason == "crash"
             and execution.message.durable
             and not execution.ended
             and not execution.cancel_requested
-        )
+        ):
+            execution.add_error(error)
+            return "crashed"
+        status = TaskStatus.CANCELLED if reason == "cancel" else TaskStatus.FAILED
+        execution.end(status, error=error, add_error=True)
+        return None
 
 
 def _how(code: int | None) -> str:

@@ -307,11 +307,6 @@ class Execution:
                 self._cancel_flag = True
         return self._cancel_flag
 
-    @property
-    def cancel_flag(self) -> bool:
-        """Whether it was asked to stop, as far as this process knows."""
-        return self._cancel_flag
-
     def time_out(self) -> bool:
         """End the task at its timeout (the watchdog calls this)."""
         return self._stop(

@@ -258,51 +258,41 @@ def _work(
     worker: Worker | None,
 ) -> None:
     try:
-        _work_loop(pool_ref, queue, idle_tokens, past_deadline, worker)
+        while True:
+            try:
+                message = queue.get_nowait()
+            except Empty:
+                # Nothing to do: count this worker as idle while it waits, and
+                # take a token back once it has a task, unless the submitter of
+                # that task took one already. So the tokens follow the idle
+                # workers closely, and a busy worker is never counted for long.
+                idle_tokens.append(None)
+                message = queue.get()
+                try:
+                    idle_tokens.pop()
+                except IndexError:
+                    pass
+            if message is None:
+                queue.put(None)
+                return
+            pool = pool_ref()
+            if pool is None:
+                return
+            if isinstance(message, _Retire):
+                pool.retire(threading.current_thread())
+                return
+            if not past_deadline.is_set():
+                if worker is None:
+                    pool.run(message)
+                else:
+                    worker.run(message)
+                pool.task_done(message.id)
+            # Past the deadline, a message stays in the in-flight set: whoever
+            # submitted it cancels it.
+            del message, pool
     finally:
         if worker is not None:
             worker.close()
             pool = pool_ref()
             if pool is not None:
                 pool.forget(worker)
-
-
-def _work_loop(
-    pool_ref: weakref.ref[WorkerPool],
-    queue: _Queue,
-    idle_tokens: list[None],
-    past_deadline: threading.Event,
-    worker: Worker | None,
-) -> None:
-    while True:
-        try:
-            message = queue.get_nowait()
-        except Empty:
-            # Nothing to do: count this worker as idle while it waits, and
-            # take a token back once it has a task, unless the submitter of
-            # that task took one already. So the tokens follow the idle
-            # workers closely, and a busy worker is never counted for long.
-            idle_tokens.append(None)
-            message = queue.get()
-            try:
-                idle_tokens.pop()
-            except IndexError:
-                pass
-        if message is None:
-            queue.put(None)
-            return
-        pool = pool_ref()
-        if pool is None:
-            return
-        if isinstance(message, _Retire):
-            pool.retire(threading.current_thread())
-            return
-        if not past_deadline.is_set():
-            if worker is None:
-                pool.run(message)
-            else:
-                worker.run(message)
-            pool.task_done(message.id)
-        # Past the deadline, a message stays in the in-flight set: whoever
-        # submitted it cancels it.
-        del message, pool

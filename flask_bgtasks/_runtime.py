@@ -69,6 +69,10 @@ class Runtime(ProcessLocal):
         self.store = store
         self.shared = store.shared
         self.tasks = tasks
+        #: The pools whose tasks run in child processes.
+        self.process_pools = frozenset(
+            name for name, pool in config.pools.items() if pool.kind == "process"
+        )
         # Eager mode, for tests, runs every task in submit() whatever the
         # backend.
         backend = EagerBackend if config.eager else backend_class(config.backend)
@@ -91,10 +95,7 @@ class Runtime(ProcessLocal):
         self.executions: dict[str, Execution] = {}
         #: What the tasks of this process report to: the store, mostly.
         self.events = StoreEvents(
-            self._app,
-            self.store,
-            self.executions,
-            [name for name, pool in self.config.pools.items() if pool.kind == "thread"],
+            self._app, self.store, self.executions, set(self.config.pools) - self.process_pools
         )
 
     @property
@@ -220,24 +221,29 @@ class Runtime(ProcessLocal):
         if durable:
             self._check_durable(task)
             check_json(message)
-        pool = self.config.pools.get(options.pool)
-        if pool is not None and pool.kind == "process" and options.captures:
-            raise InvalidTaskError(
-                f"Task {task.name!r} copies the request or 'g' (copy_request,"
-                f" copy_g), but its pool {options.pool!r} runs tasks in child"
-                " processes, where no copy goes. Pass the values it needs as"
-                " arguments."
-            )
-        if pool is not None and pool.kind == "process" and not self.config.eager:
-            # A declared task is found by name in the child; anything else
-            # travels by reference.
-            check_pickle(message, None if self.tasks.get(task.name) is task else task.fn)
+        if options.pool in self.process_pools:
+            self._check_for_child(task, message)
         execution = Execution(message, task.fn, captured, self.events, app)
         self._accept(execution)
         handle = execution.handle
         if signals.task_submitted.receivers:
             signals.task_submitted.send(app, task=handle)
         return handle
+
+    def _check_for_child(self, task: Task[..., t.Any], message: TaskMessage) -> None:
+        """A task for a process pool: nothing of the request goes to a
+        child, and what does must pickle."""
+        if task.options.captures:
+            raise InvalidTaskError(
+                f"Task {task.name!r} copies the request or 'g' (copy_request,"
+                f" copy_g), but its pool {message.pool!r} runs tasks in child"
+                " processes, where no copy goes. Pass the values it needs as"
+                " arguments."
+            )
+        if not self.config.eager:
+            # A declared task is found by name in the child; anything else
+            # travels by reference.
+            check_pickle(message, None if self.tasks.get(task.name) is task else task.fn)
 
     def _accept(self, execution: Execution, *, recorded: bool = False) -> None:
         message = execution.message

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import signal
 import sqlite3
 import sys
 import threading
@@ -28,11 +25,11 @@ from flask_bgtasks import (
     _message,
 )
 from flask_bgtasks._message import check_json, new_id
+from tests.test_fork import in_child
 
 ID = re.compile(r"[A-Za-z0-9_-]{24}")
 
 #: Seconds a forked child may take; far more than it needs.
-CHILD_TIMEOUT = 20.0
 
 
 def make_message(*args: t.Any, **kwargs: t.Any) -> TaskMessage:
@@ -82,31 +79,7 @@ def test_forked_child_never_gets_the_ids_its_parent_hands_out() -> None:
     while not _message._ids:
         new_id()
     count = 200
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its ids and leave without any cleanup
-        code = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, "\n".join(new_id() for _ in range(count)).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], CHILD_TIMEOUT)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"The forked child hung for {CHILD_TIMEOUT} s.")
-        chunks = []
-        while chunk := os.read(read_end, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    child_ids = b"".join(chunks).decode().split("\n")
+    child_ids = in_child(lambda: "\n".join(new_id() for _ in range(count))).split("\n")
     parent_ids = [new_id() for _ in range(count)]
     assert len(child_ids) == count
     assert all(ID.fullmatch(task_id) for task_id in child_ids)
