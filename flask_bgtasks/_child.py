@@ -21,6 +21,7 @@ import typing as t
 
 from ._errors import InvalidTaskError
 from ._execution import Execution
+from ._imports import load_app
 from ._run import run
 
 if t.TYPE_CHECKING:
@@ -37,7 +38,7 @@ def main(conn: Connection, app_import: str) -> None:
     # the children itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        app = _load_app(app_import)
+        app = load_app(app_import)
     except BaseException as exc:
         conn.send(("broken", f"{type(exc).__name__}: {exc}"))
         return
@@ -73,15 +74,6 @@ def _declared(app: Flask, name: str) -> t.Callable[..., t.Any]:
             " app imports."
         )
     return task.fn  # type: ignore[no-any-return]
-
-
-def _load_app(app_import: str) -> Flask:
-    from flask.cli import ScriptInfo
-
-    # As 'flask --app' does: the current folder is importable.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    return ScriptInfo(app_import_path=app_import).load_app()
 
 
 def _die_with_parent() -> None:

@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._cli_worker import worker_command
 from ._record import TaskStatus, as_datetime
 
 if t.TYPE_CHECKING:
@@ -251,3 +252,6 @@ def purge_command(older_than: float) -> None:
     count = _store().purge(older_than)
     noun = "record" if count == 1 else "records"
     click.echo(f"Deleted {count} finished task {noun}.")
+
+
+cli.add_command(worker_command)

@@ -61,7 +61,8 @@ class Config:
     eager: bool
     shutdown_timeout: float
     shutdown_queued: str
-    #: ``("memory", None)`` or ``("sqlite", path as configured)``.
+    #: ``("memory", None)``, ``("sqlite", path as configured)``,
+    #: ``("redis", url)`` or ``("import", "module:function")``.
     store: tuple[str, str | None]
     durable: bool
     store_lease: float
@@ -76,6 +77,9 @@ class Config:
     #: Seconds a process task may run past its timeout before its child is
     #: killed.
     timeout_grace: float = 3.0
+    #: The engine's hard time limit for a task without a timeout, in
+    #: seconds, or ``None`` for none.
+    engine_timeout: float | None = 3600.0
 
 
 def default_max_workers() -> int:
@@ -102,6 +106,7 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_API_PREFIX", "/tasks")
     config.setdefault("BGTASKS_APP", None)
     config.setdefault("BGTASKS_TIMEOUT_GRACE", 3.0)
+    config.setdefault("BGTASKS_ENGINE_TIMEOUT", 3600.0)
 
 
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
@@ -117,7 +122,8 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         raise ConfigError(
             "BGTASKS_DURABLE is True, but durable tasks need a store that"
             " outlives the process, and BGTASKS_STORE is 'memory'. Set"
-            " BGTASKS_STORE = 'sqlite:///tasks.db'."
+            " BGTASKS_STORE = 'sqlite:///tasks.db' (one machine) or"
+            " 'redis://host:6379/0' (several)."
         )
     default = PoolConfig(
         max_workers=_workers("BGTASKS_MAX_WORKERS", config["BGTASKS_MAX_WORKERS"]),
@@ -154,6 +160,7 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         api_prefix=_prefix(config["BGTASKS_API_PREFIX"]),
         app_import=app_import,
         timeout_grace=grace,
+        engine_timeout=_seconds("BGTASKS_ENGINE_TIMEOUT", config["BGTASKS_ENGINE_TIMEOUT"]),
     )
 
 
@@ -312,12 +319,14 @@ def _prefix(value: object) -> str:
 def _backend(value: object) -> str:
     key = "BGTASKS_BACKEND"
     accepted = (
-        "'threads', or the import path of a flask_bgtasks.backends.Backend"
+        "'threads', 'rq', or the import path of a flask_bgtasks.backends.Backend"
         " subclass, such as 'myapp.backends:ProcessBackend'"
     )
     if not isinstance(value, str):
         raise ConfigTypeError(f"{key} must be {accepted}; got {_show(value)}.")
-    if value != "threads" and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+    if value not in ("threads", "rq") and not re.fullmatch(
+        r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value
+    ):
         raise ConfigError(f"{key} must be {accepted}; got {value!r}.")
     return value
 

@@ -88,6 +88,25 @@ class StoreError(BGTasksError, RuntimeError):
     """
 
 
+class StoreUnavailable(StoreError, ServiceUnavailable):
+    """The task store can't be reached now (Redis went away). Nothing was
+    written. Like :class:`QueueFull`, it is an HTTP 503 error with a
+    ``Retry-After`` header, so a view that does not handle it answers "503
+    Service Unavailable, retry later". The connection comes back by itself
+    when the store does.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        # RuntimeError comes first in the MRO, and takes no keywords.
+        ServiceUnavailable.__init__(self, description=message, retry_after=retry_after)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class TaskCrashed(BGTasksError, RuntimeError):
     """The child process that ran the task died while running it (it called
     ``os._exit``, crashed, or was killed); the message names its exit code

@@ -19,6 +19,7 @@ from ._shutdown import UNSET, ShutdownSummary, drain, drain_at_exit, keyword_arg
 from ._task import Task
 from ._uwsgi import check_uwsgi
 from ._waitress import check_waitress
+from .backends import backend_class
 from .stores import open_store
 
 if t.TYPE_CHECKING:
@@ -102,7 +103,9 @@ class BGTasks:
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
             app.before_request(check_waitress)
-        runtime = Runtime(app, config, open_store(app, config), self._tasks)
+        # With an engine (RQ), queued tasks wait in its queue, not here.
+        engine = backend_class(config.backend).remote and not config.eager
+        runtime = Runtime(app, config, open_store(app, config, engine=engine), self._tasks)
         self._apps[app] = runtime
         app.extensions["bgtasks"] = self
         from ._cli import cli  # here, so that importing the package stays light

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
+import json
 import os
 import pickle
 import typing as t
@@ -82,6 +84,35 @@ class TaskMessage(t.NamedTuple):
             raise AssertionError("A checked message is not JSON.")
         return encoded
 
+    @classmethod
+    def from_json(cls, text: str | bytes, options: t.Callable[[str], TaskOptions]) -> TaskMessage:
+        """The message that :meth:`to_json` wrote, with the options that
+        ``options`` gives for its task's name (a worker's own declaration).
+
+        :raises InvalidTaskError: If ``text`` is not such a message.
+        """
+        try:
+            data = json.loads(text)
+            name = data["name"]
+            return cls(
+                str(data["id"]),
+                str(name),
+                str(data["pool"]),
+                tuple(data["args"]),
+                dict(data["kwargs"]) or NO_KWARGS,
+                options(name),
+                bool(data["durable"]),
+                float(data["submitted_at"]),
+                int(data["attempt"]),
+                tuple(data["errors"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidTaskError(
+                f"A worker received something that is not a Flask-BGTasks task message"
+                f" ({type(exc).__name__}: {exc}): {short_repr(text, 200)}. Only"
+                " submit() should write to the task queues."
+            ) from None
+
 
 class TaskSnapshot(t.NamedTuple):
     """A task at one moment, as its store is told about a change.
@@ -143,25 +174,64 @@ class TaskSnapshot(t.NamedTuple):
         )
 
 
-def check_json(message: TaskMessage) -> None:
+def check_json(message: TaskMessage, *, engine: str | None = None) -> None:
     """Refuse a message whose arguments JSON can't hold, naming the first
     such argument.
 
+    :param engine: The ``BGTASKS_BACKEND`` that sends the message to its
+        workers as JSON; else the task is durable, stored as JSON.
     :raises InvalidTaskError: With the argument, its type, and what to pass
         instead.
     """
     if to_json([message.args, message.kwargs]) is not None:
         return
+    if engine is None:
+        what = "durable task"
+        why = "A durable task is stored with its arguments as JSON"
+    else:
+        what = "task"
+        why = (
+            f"BGTASKS_BACKEND = {engine!r} sends a task to its workers with its"
+            " arguments as JSON, never pickle"
+        )
     named = [(f"Argument {position}", value) for position, value in enumerate(message.args)]
     named += [(f"Argument {key!r}", value) for key, value in message.kwargs.items()]
     for which, value in named:
         if to_json(value) is None:
             raise InvalidTaskError(
-                f"{which} of durable task {message.name!r} is {type(value).__name__}"
-                f" {short_repr(value, 80)}, which is not JSON. A durable task is"
-                " stored with its arguments as JSON: pass str, int, float, bool,"
-                " None, or lists and dicts of them (an id rather than an object)."
+                f"{which} of {what} {message.name!r} is {type(value).__name__}"
+                f" {short_repr(value, 80)}, which is not JSON. {why}: pass str, int,"
+                " float, bool, None, or lists and dicts of them (an id rather than"
+                " an object). Nothing was queued."
             )
+
+
+def json_round_trip(
+    message: TaskMessage, fn: t.Callable[..., t.Any], engine: str
+) -> tuple[TaskMessage, t.Callable[..., t.Any]]:
+    """For eager mode with an engine backend: the message as a worker would
+    read it, and a function whose value goes through JSON as it would
+    from a worker, so that a test sees what would fail there.
+
+    :raises InvalidTaskError: If an argument is not JSON.
+    """
+    check_json(message, engine=engine)
+    message = TaskMessage.from_json(message.to_json(), lambda name: message.options)
+
+    @functools.wraps(fn)
+    def call(*args: t.Any, **kwargs: t.Any) -> t.Any:
+        value = fn(*args, **kwargs)
+        encoded = to_json(value)
+        if encoded is None:
+            raise InvalidTaskError(
+                f"Task {message.name!r} returned {type(value).__name__}"
+                f" {short_repr(value, 80)}, which is not JSON. BGTASKS_BACKEND ="
+                f" {engine!r} brings a task's value back from its worker as JSON:"
+                " return a str, number, bool, None, or a list or dict of them."
+            )
+        return json.loads(encoded)
+
+    return message, call
 
 
 def check_pickle(message: TaskMessage, call: t.Callable[..., t.Any] | None) -> None:

@@ -17,15 +17,14 @@ import typing as t
 import weakref
 
 from . import signals
-from ._context import (
-    check_arguments,
-    check_not_forking_per_request,
-    is_reloader_watcher,
-)
-from ._errors import InvalidTaskError, QueueFull, ShutdownError, UsageError
+from ._admission import Admission
+from ._context import check_not_forking_per_request, is_reloader_watcher
+from ._engine import missing_task, send
+from ._errors import ConfigError, QueueFull, ShutdownError, StoreUnavailable, UsageError
 from ._execution import Execution
-from ._message import NO_KWARGS, TaskMessage, check_json, check_pickle, new_id
+from ._message import NO_KWARGS, TaskMessage, new_id
 from ._observer import StoreEvents
+from ._options import TaskOptions
 from ._process import ProcessLocal
 from ._result import TaskResult
 from ._run import run
@@ -43,6 +42,22 @@ if t.TYPE_CHECKING:
     from .stores import TaskStore
 
 logger = logging.getLogger("flask_bgtasks")
+
+# The runtime of each app, for an engine's worker, which finds it by app.
+_runtimes: weakref.WeakKeyDictionary[Flask, Runtime] = weakref.WeakKeyDictionary()
+
+
+def runtime_of(app: Flask) -> Runtime:
+    """The runtime of an app registered with a BGTasks instance.
+
+    :raises UsageError: If there is none.
+    """
+    try:
+        return _runtimes[app]
+    except KeyError:
+        raise UsageError(
+            f"The app {app.name!r} is not registered with Flask-BGTasks; did you call init_app()?"
+        ) from None
 
 
 class Runtime(ProcessLocal):
@@ -73,11 +88,30 @@ class Runtime(ProcessLocal):
         self.process_pools = frozenset(
             name for name, pool in config.pools.items() if pool.kind == "process"
         )
+        chosen = backend_class(config.backend)
+        #: The engine backend whose workers run the tasks, by its config
+        #: name; its messages cross as JSON, also in eager mode, so that a
+        #: test sees what a worker would refuse.
+        self.engine = config.backend if chosen.remote else None
+        #: Whether the tasks run elsewhere, and nothing of them is kept here.
+        self.remote = chosen.remote and not config.eager
+        if self.remote and not store.distributed:
+            raise ConfigError(
+                f"BGTASKS_BACKEND is {config.backend!r}, whose workers may run on"
+                f" other machines, but BGTASKS_STORE is {config.store[0]!r}, which"
+                " they can't see: no worker could record a task, and no web process"
+                " could find one. Set BGTASKS_STORE = 'redis://host:6379/0', the"
+                " Redis the workers use."
+            )
         # Eager mode, for tests, runs every task in submit() whatever the
         # backend.
-        backend = EagerBackend if config.eager else backend_class(config.backend)
-        self.backend: Backend = backend(config.pools, app.name, self.run_message)
+        backend = EagerBackend if config.eager else chosen
+        self.backend: Backend = backend.from_config(config, app.name, self.run_message)
         self.backend.claim = self.claim
+        self.backend.perform = self.perform
+        self.admission = Admission(
+            config, tasks, shared=self.shared, engine=self.engine, process_pools=self.process_pools
+        )
         #: The process that submitted to this app last; ``None`` before any.
         #: A Gunicorn master with ``--preload`` or the reloader's watcher
         #: never submits, so the drain at exit leaves it alone.
@@ -88,6 +122,7 @@ class Runtime(ProcessLocal):
         #: Whether the on_shutdown hooks ran for this app.
         self.hooks_ran = False
         super().__init__()
+        _runtimes[app] = self
 
     def _init_state(self) -> None:
         # This process's unfinished tasks, by id. A forked child starts
@@ -173,23 +208,6 @@ class Runtime(ProcessLocal):
             return []
         return [name for name, task in list(self.tasks.items()) if self.is_durable(task)]
 
-    def _check_durable(self, task: Task[..., t.Any]) -> None:
-        task.check_durable()
-        if not self.shared:
-            raise UsageError(
-                f"Task {task.name!r} is durable, but BGTASKS_STORE is 'memory',"
-                " which dies with the process. Set BGTASKS_STORE ="
-                " 'sqlite:///tasks.db', or declare the task with durable=False."
-            )
-        if self.tasks.get(task.name) is not task:
-            raise InvalidTaskError(
-                f"Durable task {task.name!r} is not the task declared under that"
-                " name with @bg.task on this BGTasks instance (another task has"
-                " the same name, or the function was submitted with bg.submit)."
-                " A new process finds a durable task by its name: give each a"
-                " unique name, and declare it with @bg.task."
-            )
-
     # -- submit, recover, run -----------------------------------------------
 
     def submit(
@@ -204,46 +222,15 @@ class Runtime(ProcessLocal):
         the backend. Nothing is queued or written if a check fails."""
         if self.active_pid != os.getpid() and not self.enter_process():
             return self._never_run(task)
-        options = task.options
-        if args or kwargs:
-            check_arguments(options.name, args, kwargs)
-        durable = self.config.durable if options.durable is None else options.durable
-        message = TaskMessage(
-            new_id(),
-            options.name,
-            options.pool,
-            args,
-            kwargs or NO_KWARGS,
-            options,
-            durable,
-            time.time(),
-        )
-        if durable:
-            self._check_durable(task)
-            check_json(message)
-        if options.pool in self.process_pools:
-            self._check_for_child(task, message)
-        execution = Execution(message, task.fn, captured, self.events, app)
+        message, call = self.admission.admit(task, args, kwargs)
+        if self.remote:
+            return send(app, self.store, self.backend, message)
+        execution = Execution(message, call, captured, self.events, app)
         self._accept(execution)
         handle = execution.handle
         if signals.task_submitted.receivers:
             signals.task_submitted.send(app, task=handle)
         return handle
-
-    def _check_for_child(self, task: Task[..., t.Any], message: TaskMessage) -> None:
-        """A task for a process pool: nothing of the request goes to a
-        child, and what does must pickle."""
-        if task.options.captures:
-            raise InvalidTaskError(
-                f"Task {task.name!r} copies the request or 'g' (copy_request,"
-                f" copy_g), but its pool {message.pool!r} runs tasks in child"
-                " processes, where no copy goes. Pass the values it needs as"
-                " arguments."
-            )
-        if not self.config.eager:
-            # A declared task is found by name in the child; anything else
-            # travels by reference.
-            check_pickle(message, None if self.tasks.get(task.name) is task else task.fn)
 
     def _accept(self, execution: Execution, *, recorded: bool = False) -> None:
         message = execution.message
@@ -283,6 +270,13 @@ class Runtime(ProcessLocal):
             record.attempt,
             tuple(record.errors),
         )
+        if self.remote:
+            # Back to the engine's queue, for any of its workers.
+            try:
+                self.backend.submit(message)
+            except (ShutdownError, StoreUnavailable):
+                return False
+            return True
         execution = Execution(message, task.fn, None, self.events, self._app())
         try:
             self._accept(execution, recorded=True)
@@ -300,6 +294,26 @@ class Runtime(ProcessLocal):
         execution = self.claim(message)
         if execution is not None:
             run(execution, self.app)
+
+    def perform(self, data: str | bytes) -> None:
+        """Run, in this thread, a message that a worker of the engine
+        received: the task is found by name among those of this app, and
+        runs as on a thread pool. A task that is not declared here fails,
+        saying so."""
+        if self.active_pid != os.getpid():
+            self.enter_process()
+        message = TaskMessage.from_json(data, self._options)
+        task = self.tasks.get(message.name)
+        call = missing_task(message.name) if task is None else task.fn
+        app = self.app
+        execution = Execution(message, call, None, self.events, app)
+        self.executions[message.id] = execution
+        if execution.claim():
+            run(execution, app)
+
+    def _options(self, name: str) -> TaskOptions:
+        task = self.tasks.get(name)
+        return TaskOptions(name=name) if task is None else task.options
 
     def claim(self, message: TaskMessage) -> Execution | None:
         """Take a message's task off the queue: its execution, or ``None``

@@ -79,3 +79,21 @@ def gate() -> t.Iterator[Gate]:
     gate = Gate()
     yield gate
     gate.open()  # never leave a task blocked, even when the test failed
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
+    """One ``redis-server`` for the session, on a free port; stopped at the end."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: t.Any) -> str:
+    """The URL of the session's Redis, emptied for this test."""
+    from tests.redis_server import flush
+
+    flush(redis_server.url)
+    return str(redis_server.url)

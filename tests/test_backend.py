@@ -126,8 +126,8 @@ def test_eager_mode_wins_over_the_backend(make_app: t.Callable[..., Flask], bg: 
 @pytest.mark.parametrize(
     ("value", "error", "message"),
     [
-        (42, ConfigTypeError, "BGTASKS_BACKEND must be 'threads', or the import path"),
-        ("rq worker", ConfigError, "BGTASKS_BACKEND must be 'threads', or the import path"),
+        (42, ConfigTypeError, "BGTASKS_BACKEND must be 'threads', 'rq', or the import path"),
+        ("rq worker", ConfigError, "BGTASKS_BACKEND must be 'threads', 'rq', or the import path"),
         ("tests.no_such_module:Backend", ConfigError, "can't be imported"),
         ("tests.test_backend:SPEC", ConfigTypeError, "must be a subclass of"),
     ],

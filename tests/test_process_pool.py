@@ -225,7 +225,7 @@ def test_a_task_the_child_cannot_find_fails_with_a_clear_error(app: Flask) -> No
 
 
 def test_copying_the_request_to_a_process_task_is_refused(app: Flask) -> None:
-    with app.app_context(), pytest.raises(InvalidTaskError, match="runs tasks in child"):
+    with app.app_context(), pytest.raises(InvalidTaskError, match="runs in a child process"):
         copies_g.submit()
 
 

@@ -225,7 +225,7 @@ def test_relative_path_is_in_the_instance_folder(
 
 @pytest.mark.parametrize(
     ("value", "error"),
-    [("sqlite://tasks.db", ConfigError), ("redis://x", ConfigError), (3, TypeError)],
+    [("sqlite://tasks.db", ConfigError), ("postgres://x", ConfigError), (3, TypeError)],
 )
 def test_bad_store_setting(
     make_app: t.Callable[..., Flask], value: object, error: type[Exception]

@@ -1,10 +1,11 @@
 """How tasks are executed: a backend receives task messages and runs each
 with the run function it was given.
 
-Two backends ship: :class:`~flask_bgtasks.backends.threads.ThreadBackend`
-(the default: bounded thread pools) and
-:class:`~flask_bgtasks.backends.eager.EagerBackend` (``BGTASKS_EAGER``: run
-each task inside ``submit``, for tests). A backend never touches Flask, nor
+Three backends ship: :class:`~flask_bgtasks.backends.threads.ThreadBackend`
+(the default: bounded thread pools, and process pools),
+:class:`~flask_bgtasks.backends.rq.RQBackend` (``"rq"``: RQ workers on any
+machine) and :class:`~flask_bgtasks.backends.eager.EagerBackend`
+(``BGTASKS_EAGER``: run each task inside ``submit``, for tests). A backend never touches Flask, nor
 the handles of the tasks: it moves :class:`~flask_bgtasks.TaskMessage`
 values to wherever ``run`` is called, and says when its workers are idle or
 gone. See :doc:`/architecture` for how to write one.
@@ -19,7 +20,7 @@ from .._errors import ConfigError, ConfigTypeError, UsageError
 from .._imports import import_path
 
 if t.TYPE_CHECKING:
-    from .._config import PoolConfig
+    from .._config import Config, PoolConfig
     from .._execution import Execution
     from .._message import TaskMessage
 
@@ -29,6 +30,8 @@ Run = t.Callable[["TaskMessage"], None]
 #: runs it elsewhere and applies what it reports: the task's Execution, or
 #: ``None`` if it was cancelled meanwhile.
 Claim = t.Callable[["TaskMessage"], "Execution | None"]
+#: Runs, in this thread, a message that an engine's worker received as JSON.
+Perform = t.Callable[[str | bytes], None]
 
 
 class Backend(abc.ABC):
@@ -43,15 +46,30 @@ class Backend(abc.ABC):
         It receives messages and a ``run`` function, not live results.
     """
 
+    #: ``True`` for an engine whose workers run the tasks in other processes,
+    #: maybe on other machines (RQ): the runtime then keeps nothing of a
+    #: task here, records it in a store that every machine sees, and sends
+    #: its message as JSON.
+    remote: t.ClassVar[bool] = False
+
     #: Set by the runtime before the first submit, for a backend that runs
     #: tasks outside this process (a process pool) and relays what they
     #: report: takes a message's task off the queue here.
     claim: Claim | None = None
+    #: Set by the runtime, for an engine backend whose workers this process
+    #: may run (``flask bgtasks worker``): runs a received message.
+    perform: Perform | None = None
 
     def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
         self.pool_names = frozenset(pools)
         self.name = name
         self.run = run
+
+    @classmethod
+    def from_config(cls, config: Config, name: str, run: Run) -> Backend:
+        """Make the backend for an app's validated settings. A backend that
+        needs more than its pools (an engine's URL) reads it here."""
+        return cls(config.pools, name, run)
 
     @abc.abstractmethod
     def submit(self, message: TaskMessage) -> None:
@@ -88,6 +106,20 @@ class Backend(abc.ABC):
         """At the deadline: start none of the messages still queued. The
         runtime then cancels them, and ends the running ones."""
 
+    def work(self, pools: t.Collection[str], *, burst: bool, fork: bool) -> None:
+        """Run this process as a worker of the engine for ``pools``, until
+        stopped (or, with ``burst``, until their queues are empty): what
+        ``flask bgtasks worker`` calls.
+
+        :raises UsageError: For a backend that runs tasks in the app's own
+            processes, which has no workers of its own.
+        """
+        raise UsageError(
+            f"'flask bgtasks worker' runs the workers of an engine backend, such as"
+            f" BGTASKS_BACKEND = 'rq'; {self.name!r} runs its tasks in its own"
+            " processes (BGTASKS_BACKEND = 'threads'), so it needs no worker."
+        )
+
     def check_process(self) -> None:
         """This process submits for the first time (a forked child, say):
         drop whatever queues, locks and threads a fork copied. The default
@@ -113,12 +145,16 @@ def backend_class(spec: str) -> type[Backend]:
         from .threads import ThreadBackend
 
         return ThreadBackend
+    if spec == "rq":
+        from .rq import RQBackend
+
+        return RQBackend
     try:
         found = import_path(spec)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
             f"BGTASKS_BACKEND is {spec!r}, which can't be imported: {exc}. Give"
-            " 'threads', or 'module:Class' where the class subclasses"
+            " 'threads', 'rq', or 'module:Class' where the class subclasses"
             " flask_bgtasks.backends.Backend."
         ) from exc
     if not (isinstance(found, type) and issubclass(found, Backend)):

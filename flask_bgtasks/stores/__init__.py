@@ -1,10 +1,11 @@
 """Where task records live, chosen by ``BGTASKS_STORE``.
 
-Two stores ship: :class:`~flask_bgtasks.stores.memory.MemoryStore` (the
-default: this process's memory, fastest) and
+Three stores ship: :class:`~flask_bgtasks.stores.memory.MemoryStore` (the
+default: this process's memory, fastest),
 :class:`~flask_bgtasks.stores.sqlite.SQLiteStore` (a SQLite file shared by
-every process that opens it, which also makes durable tasks possible). A
-store never touches Flask.
+every process of one machine that opens it, which also makes durable tasks
+possible) and :class:`~flask_bgtasks.stores.redis.RedisStore` (Redis, shared
+by every machine). A store never touches Flask.
 
 A store is told about each step of a task's life with a snapshot, and
 answers lookups by id with records.
@@ -56,6 +57,9 @@ class TaskStore(abc.ABC):
     #: ``True`` if other processes see the records. Every task is then
     #: recorded when it is submitted, and told about every change.
     shared: t.ClassVar[bool] = False
+    #: ``True`` if processes on other machines see the records too (Redis),
+    #: which an engine backend such as RQ needs: its workers run elsewhere.
+    distributed: t.ClassVar[bool] = False
 
     def activate(self, recover: Recover, task_names: TaskNames) -> None:
         """This process is using the store to run tasks: start whatever
@@ -153,15 +157,17 @@ class TaskStore(abc.ABC):
 
 def parse_url(value: object) -> tuple[str, str | None]:
     """Check a ``BGTASKS_STORE`` value: ``("memory", None)``,
-    ``("sqlite", path)`` with the path as given (maybe relative), or
-    ``("import", "module:name")`` for a store of your own.
+    ``("sqlite", path)`` with the path as given (maybe relative),
+    ``("redis", url)``, or ``("import", "module:name")`` for a store of
+    your own.
 
     :raises ConfigTypeError: If it is not a string.
     :raises ConfigError: If it names no known store.
     """
     accepted = (
         "'memory', or 'sqlite:///tasks.db' (a path relative to the app's"
-        " instance folder), or 'sqlite:////absolute/path/tasks.db', or the"
+        " instance folder), or 'sqlite:////absolute/path/tasks.db', or"
+        " 'redis://[user:password@]host:port/db' (or 'rediss://' for TLS), or the"
         " import path of a function that makes a store, 'module:function'"
     )
     if not isinstance(value, str):
@@ -170,15 +176,25 @@ def parse_url(value: object) -> tuple[str, str | None]:
         )
     if value in ("memory", "memory://"):
         return "memory", None
+    if value.startswith(("redis://", "rediss://")) and len(value.partition("://")[2]) > 0:
+        return "redis", value
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return "sqlite", value[len("sqlite:///") :]
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value) and not value.startswith("sqlite:"):
         return "import", value
+    if value.startswith(("redis", "rediss")):  # never shown with its password
+        from .._redis import shown_url
+
+        value = shown_url(value)
     raise ConfigError(f"BGTASKS_STORE must be {accepted}; got {value!r}.")
 
 
-def open_store(app: Flask, config: Config) -> TaskStore:
-    """The store that ``BGTASKS_STORE`` names, for ``app``."""
+def open_store(app: Flask, config: Config, *, engine: bool = False) -> TaskStore:
+    """The store that ``BGTASKS_STORE`` names, for ``app``.
+
+    :param engine: Tasks are queued in an engine (RQ) and run by its
+        workers, not by this process.
+    """
     kind, path = config.store
     if kind == "memory" or path is None:
         from .memory import MemoryStore
@@ -186,6 +202,17 @@ def open_store(app: Flask, config: Config) -> TaskStore:
         return MemoryStore(config.result_ttl, config.max_results)
     if kind == "import":
         return from_import_path(path, app)
+    if kind == "redis":
+        from .redis import RedisStore
+
+        return RedisStore(
+            path,
+            config.result_ttl,
+            config.max_results,
+            config.store_lease,
+            max_payload_bytes=config.max_payload_bytes,
+            engine=engine,
+        )
     from .sqlite import SQLiteStore
 
     # os.path.join keeps an absolute path as it is.

@@ -87,9 +87,11 @@ def not_json(snapshot: TaskSnapshot, value: object) -> InvalidTaskError:
         reason = f" ({exc})"
     else:  # pragma: no cover - to_json() and json.dumps() agree
         reason = ""
+    kind = "Durable task" if snapshot.message.durable else "Task"
     return InvalidTaskError(
-        f"Durable task {snapshot.message.name!r} returned {type(value).__name__}"
-        f" {short_repr(value, 80)}, which is not JSON{reason}. A durable"
-        " task's value is stored as JSON: return a str, number,"
-        " bool, None, or a list or dict of them."
+        f"{kind} {snapshot.message.name!r} returned {type(value).__name__}"
+        f" {short_repr(value, 80)}, which is not JSON{reason}. Its value is"
+        " stored as JSON (that of a durable task, or of any task run by a worker"
+        " of another process): return a str, number, bool, None, or a list or"
+        " dict of them."
     )

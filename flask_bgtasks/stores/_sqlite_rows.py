@@ -1,31 +1,24 @@
-"""A task's row in the SQLite store: what goes into its JSON columns, the
-record made from it, and what it means when a write to it changed nothing.
+"""A task's row in the SQLite store: the statements that write it, and what
+it means when a write to it changed nothing.
 
-Arguments, return values and progress are kept as JSON text, within
-``BGTASKS_MAX_PAYLOAD_BYTES`` (see :mod:`._payload`). A write of this process
-that changes no row lost a race with another process, which cancelled the
-task or took it over; the checks here log that. Knows nothing of
-connections, threads, or Flask.
+What goes into its JSON columns, and the record made from a row, are in
+:mod:`._fields`. A write of this process that changes no row lost a race
+with another process, which cancelled the task or took it over; the checks
+here log that. Knows nothing of connections, threads, or Flask.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import typing as t
 
-from .._record import TaskRecord, TaskStatus, as_datetime, short_repr, to_json
-from ._payload import arguments_too_large, not_json, value_too_large
+from .._record import TaskStatus
 
 if t.TYPE_CHECKING:
-    from .._message import TaskMessage, TaskSnapshot
+    from .._message import TaskSnapshot
     from ._writer import Statement
 
 logger = logging.getLogger("flask_bgtasks")
-
-NO_ARGUMENTS = '{"args":[],"kwargs":{}}'
-NO_VALUE = '{"value":null}'
 
 #: A task was submitted: parameters id, name, pool, durable, arguments,
 #: owner, lease_until, submitted_at.
@@ -72,74 +65,6 @@ FINISH = (
     " finished_at = excluded.finished_at, lease_until = 0"
     " WHERE owner = excluded.owner AND finished_at IS NULL"
 )
-
-
-def arguments_json(message: TaskMessage, limit: int | None) -> str:
-    """The arguments column of a task.
-
-    :raises PayloadTooLarge: If their JSON is over ``limit`` bytes.
-    """
-    args, kwargs = message.args, message.kwargs
-    arguments = to_json({"args": args, "kwargs": kwargs}) if args or kwargs else NO_ARGUMENTS
-    if arguments is None:
-        # Not JSON: only a repr is kept, cut short, so no limit applies.
-        return json.dumps({"repr": short_repr((args, kwargs))})
-    if limit is not None and len(arguments) > limit:
-        raise arguments_too_large(message.name, args, kwargs, len(arguments), limit)
-    return arguments
-
-
-def outcome_json(snapshot: TaskSnapshot, value: object, limit: int | None) -> str | BaseException:
-    """The outcome column of a task that returned ``value``, not ``None``; or
-    the error that fails the task instead, if the value can't be kept."""
-    outcome = to_json({"value": value})
-    if outcome is None:
-        if snapshot.message.durable:
-            return not_json(snapshot, value)
-        # Not JSON: only a repr is kept, cut short, so no limit applies.
-        return json.dumps({"repr": short_repr(value)})
-    if limit is not None and len(outcome) > limit:
-        return value_too_large(snapshot, value, len(outcome), limit)
-    return outcome
-
-
-def final_outcome_json(value: object) -> str | None:
-    """The outcome column of a task that succeeded, with no limit applied."""
-    if value is None:
-        return NO_VALUE
-    return to_json({"value": value}) or to_json({"repr": short_repr(value)})
-
-
-def progress_json(snapshot: TaskSnapshot) -> str | None:
-    """The progress column of a task."""
-    progress = snapshot.progress
-    return None if progress is None else to_json(progress)
-
-
-def make_record(row: sqlite3.Row) -> TaskRecord:
-    """A record from a row of the SQLite store (JSON held as text)."""
-    arguments = json.loads(row["arguments"])
-    outcome = json.loads(row["outcome"]) if row["outcome"] else {}
-    return TaskRecord(
-        id=row["id"],
-        name=row["name"],
-        pool=row["pool"],
-        status=TaskStatus(row["status"]),
-        durable=bool(row["durable"]),
-        args=arguments.get("args"),
-        kwargs=arguments.get("kwargs"),
-        args_repr=arguments.get("repr"),
-        progress=json.loads(row["progress"]) if row["progress"] else None,
-        result=outcome.get("value"),
-        result_repr=outcome.get("repr"),
-        errors=json.loads(row["errors"]),
-        attempt=row["attempt"],
-        cancel_requested=bool(row["cancel_requested"]),
-        process=row["owner"],
-        submitted_at=as_datetime(row["submitted_at"]),  # type: ignore[arg-type]
-        started_at=as_datetime(row["started_at"]),
-        finished_at=as_datetime(row["finished_at"]),
-    )
 
 
 def check_started(snapshot: TaskSnapshot, statement: Statement) -> None:

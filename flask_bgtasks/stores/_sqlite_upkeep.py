@@ -14,7 +14,7 @@ import logging
 import time
 import typing as t
 
-from ._sqlite_rows import make_record
+from ._fields import make_record
 from ._sqlite_schema import EVICT_OLDEST
 
 if t.TYPE_CHECKING:

@@ -31,22 +31,16 @@ import typing as t
 from .._process import ProcessLocal
 from .._record import TaskRecord, TaskStatus, this_process
 from . import DEFAULT_MAX_PAYLOAD_BYTES, Recover, TaskNames, TaskStore
-from ._payload import errors_json
-from ._sqlite_rows import (
-    ADD,
-    CHANGE,
-    FINISH,
+from ._fields import (
     NO_ARGUMENTS,
-    RELEASE,
-    START,
     arguments_json,
-    check_started,
-    check_stored,
     final_outcome_json,
     make_record,
     outcome_json,
     progress_json,
 )
+from ._payload import errors_json
+from ._sqlite_rows import ADD, CHANGE, FINISH, RELEASE, START, check_started, check_stored
 from ._sqlite_schema import BUSY_TIMEOUT, EVICT_OLDEST, Readers, check_database, connect
 from ._sqlite_upkeep import Upkeep
 from ._writer import Statement, Writer, inherited_connections

@@ -1,0 +1,116 @@
+"""What ``submit`` checks before a task is queued, and the message it makes.
+
+:class:`Admission` refuses, with an error that names the problem and the
+fix, what could not run where the task runs: arguments bound to the request,
+a durable task with a store that dies with the process, arguments that
+can't cross to a child process (pickle) or to an engine's worker (JSON), a
+copied request for a task that leaves the process. Nothing is written or
+queued before it has passed. Knows nothing of stores or backends.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from ._context import check_arguments
+from ._errors import InvalidTaskError, UsageError
+from ._message import NO_KWARGS, TaskMessage, check_json, check_pickle, json_round_trip, new_id
+
+if t.TYPE_CHECKING:
+    from ._config import Config
+    from ._task import Task
+
+
+class Admission:
+    """The checks of one app's submits.
+
+    :param config: The app's validated settings.
+    :param tasks: The declared tasks by name: a durable task, or one for a
+        child process or an engine's worker, is found again by its name.
+    :param shared: Whether the store outlives the process.
+    :param engine: The name of the engine backend, whose messages cross as
+        JSON (also in eager mode), or ``None``.
+    :param process_pools: The pools whose tasks run in child processes.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        tasks: t.Mapping[str, Task[..., t.Any]],
+        *,
+        shared: bool,
+        engine: str | None,
+        process_pools: t.Collection[str],
+    ) -> None:
+        self.config = config
+        self.tasks = tasks
+        self.shared = shared
+        self.engine = engine
+        self.process_pools = frozenset(process_pools)
+
+    def admit(
+        self, task: Task[..., t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+    ) -> tuple[TaskMessage, t.Callable[..., t.Any]]:
+        """The message for a call of ``task``, and the function to run it
+        with, once every check passed.
+
+        :raises InvalidTaskError: If the task or its arguments can't run
+            where it runs; the message says why and what to do.
+        :raises UsageError: If a durable task has no store to survive in.
+        """
+        options = task.options
+        if args or kwargs:
+            check_arguments(options.name, args, kwargs)
+        durable = self.config.durable if options.durable is None else options.durable
+        message = TaskMessage(
+            new_id(),
+            options.name,
+            options.pool,
+            args,
+            kwargs or NO_KWARGS,
+            options,
+            durable,
+            time.time(),
+        )
+        if durable:
+            self._check_durable(task)
+            check_json(message)
+        call = task.fn
+        if self.engine is not None:
+            self._refuse_captures(task, f"runs on a worker of BGTASKS_BACKEND = {self.engine!r}")
+            message, call = json_round_trip(message, call, self.engine)
+        elif options.pool in self.process_pools:
+            self._refuse_captures(task, f"runs in a child process (pool {message.pool!r})")
+            if not self.config.eager:
+                # A declared task is found by name in the child; anything else
+                # travels by reference.
+                check_pickle(message, None if self.tasks.get(task.name) is task else task.fn)
+        return message, call
+
+    def _check_durable(self, task: Task[..., t.Any]) -> None:
+        task.check_durable()
+        if not self.shared:
+            raise UsageError(
+                f"Task {task.name!r} is durable, but BGTASKS_STORE is 'memory',"
+                " which dies with the process. Set BGTASKS_STORE ="
+                " 'sqlite:///tasks.db' (one machine) or 'redis://host:6379/0'"
+                " (several), or declare the task with durable=False."
+            )
+        if self.tasks.get(task.name) is not task:
+            raise InvalidTaskError(
+                f"Durable task {task.name!r} is not the task declared under that"
+                " name with @bg.task on this BGTasks instance (another task has"
+                " the same name, or the function was submitted with bg.submit)."
+                " A new process finds a durable task by its name: give each a"
+                " unique name, and declare it with @bg.task."
+            )
+
+    @staticmethod
+    def _refuse_captures(task: Task[..., t.Any], where: str) -> None:
+        if task.options.captures:
+            raise InvalidTaskError(
+                f"Task {task.name!r} copies the request or 'g' (copy_request,"
+                f" copy_g), but it {where}, where no copy goes. Pass the values it"
+                " needs as arguments."
+            )

@@ -1,0 +1,126 @@
+"""``flask bgtasks worker``: run the engine's workers (RQ) for the app's pools.
+
+The app is loaded as for any ``flask`` command (``--app``, factories work),
+once; with ``--processes N`` the command forks N workers from it and waits
+for them, passing on SIGTERM and Ctrl-C, so that each finishes its running
+task and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import typing as t
+
+import click
+from flask.cli import ScriptInfo
+
+from ._errors import UsageError
+from ._runtime import runtime_of
+
+
+@click.command("worker")
+@click.option(
+    "--pool",
+    "pools",
+    multiple=True,
+    metavar="NAME",
+    help="A pool whose tasks to run; repeat for several. Default: every pool of the app.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="How many worker processes to run.",
+)
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option(
+    "--fork",
+    is_flag=True,
+    help="Run each task in a process forked for it (RQ's Worker) rather than in the worker.",
+)
+@click.pass_context
+def worker_command(
+    ctx: click.Context, pools: tuple[str, ...], processes: int, burst: bool, fork: bool
+) -> None:
+    """Run workers of the engine backend (BGTASKS_BACKEND = 'rq') for the
+    app's task pools. Stop them with SIGTERM or Ctrl-C: each finishes its
+    running task first."""
+    app = ctx.ensure_object(ScriptInfo).load_app()
+    runtime = runtime_of(app)
+    if not runtime.remote:
+        raise click.ClickException(
+            f"The app {app.name!r} runs its tasks in its own processes"
+            f" (BGTASKS_BACKEND = {runtime.config.backend!r}"
+            f"{', with BGTASKS_EAGER' if runtime.config.eager else ''}), so it needs"
+            " no worker. Set BGTASKS_BACKEND = 'rq' to run tasks on workers."
+        )
+    chosen = list(pools) or sorted(runtime.config.pools)
+    unknown = sorted(set(chosen) - set(runtime.config.pools))
+    if unknown:
+        raise click.BadParameter(
+            f"The app has no pool named {unknown[0]!r}; its pools are:"
+            f" {', '.join(sorted(runtime.config.pools))}.",
+            param_hint="--pool",
+        )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    def work() -> None:
+        try:
+            runtime.backend.work(chosen, burst=burst, fork=fork)
+        except UsageError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    if processes == 1:
+        work()
+        return
+    sys.exit(_supervise(work, processes))
+
+
+def _supervise(work: t.Callable[[], None], processes: int) -> int:
+    """Fork ``processes`` workers, pass SIGTERM and SIGINT on to them, and
+    wait for all; the exit code is the first non-zero one of theirs."""
+    children: list[int] = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - measured in the child
+            _die_with_parent()
+            code = 0
+            try:
+                work()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                logging.getLogger("flask_bgtasks").exception("The worker failed.")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def pass_on(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+    result = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        result = result or (code if code > 0 else 0)
+    return result
+
+
+def _die_with_parent() -> None:
+    # On Linux, the kernel ends a worker when the command that forked it
+    # dies, even by kill -9: no worker outlives its supervisor.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -1,0 +1,57 @@
+"""The web side of an engine backend (RQ): a task is recorded in the store
+that every machine sees, then its message goes to the engine's queue, and
+the caller gets a handle that reads the store. Nothing of the task stays in
+this process.
+
+The worker side is :meth:`Runtime.perform <._runtime.Runtime.perform>`,
+which runs a received message with the same run function as a thread pool.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from . import signals
+from ._errors import InvalidTaskError
+from ._message import TaskSnapshot
+from ._record import TaskStatus
+from ._result import TaskResult
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from ._message import TaskMessage
+    from .backends import Backend
+    from .stores import TaskStore
+
+
+def send(app: Flask, store: TaskStore, backend: Backend, message: TaskMessage) -> TaskResult[t.Any]:
+    """Record the task, then queue it; if the engine refuses it, the record
+    is removed again, so nothing is left half done."""
+    snapshot = TaskSnapshot(
+        message, TaskStatus.QUEUED, message.attempt, None, message.errors, False, None, None
+    )
+    store.add(snapshot)
+    try:
+        backend.submit(message)
+    except BaseException:
+        store.discard(message.id)
+        raise
+    handle = TaskResult.from_record(store, snapshot.record(None))
+    if signals.task_submitted.receivers:
+        signals.task_submitted.send(app, task=handle)
+    return handle
+
+
+def missing_task(name: str) -> t.Callable[..., t.Any]:
+    """What a worker runs for a task its app does not declare: it fails,
+    saying so, and its record says so too."""
+
+    def missing(*args: object, **kwargs: object) -> t.NoReturn:
+        raise InvalidTaskError(
+            f"Task {name!r} is not declared in the app this worker loaded. Declare it"
+            " with @bg.task in a module the app imports, and run the workers with"
+            " the same code as the web processes."
+        )
+
+    return missing

@@ -1,0 +1,113 @@
+"""The RQ workers that run Flask-BGTasks tasks: :class:`Worker` (each task in
+the worker process, the app built once) and :class:`ForkWorker` (each task
+in a process forked for it, as RQ's own ``Worker`` does).
+
+``flask bgtasks worker`` makes them with the app it loaded. RQ's own command
+works too, and builds the app from ``BGTASKS_APP`` (or ``FLASK_APP``)::
+
+    BGTASKS_APP=myapp:create_app rq worker -w flask_bgtasks.backends.rq.Worker \\
+        --url redis://localhost:6379/0 bgtasks.default
+
+Both use RQ's JSON serializer whatever they are given, and run no job but
+ours (:data:`~.rq.ENTRY`): any other fails without being imported.
+"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+import rq
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from .._errors import UsageError
+from .rq import ENTRY, run_job
+
+if t.TYPE_CHECKING:
+    from . import Perform
+
+# What runs a job's message in this process: set by the worker.
+_perform: Perform | None = None
+
+
+def perform_job(data: str) -> None:
+    """Run one job's message with this process's app."""
+    perform = _perform
+    if perform is None:
+        raise UsageError(
+            "This RQ job is a Flask-BGTasks task, but this worker has no app: run"
+            " 'flask --app APP bgtasks worker', or 'rq worker -w"
+            " flask_bgtasks.backends.rq.Worker' with BGTASKS_APP set."
+        )
+    perform(data)
+
+
+def _perform_from_environment() -> Perform:
+    """For ``rq worker -w``: build the app that BGTASKS_APP names."""
+    from .._imports import load_app
+    from .._runtime import runtime_of
+
+    app_import = os.environ.get("BGTASKS_APP") or os.environ.get("FLASK_APP")
+    if not app_import:
+        raise UsageError(
+            "The Flask-BGTasks RQ worker needs the app: set BGTASKS_APP (or"
+            " FLASK_APP) to what 'flask --app' takes, such as 'myapp:create_app'."
+        )
+    return runtime_of(load_app(app_import)).perform
+
+
+class OurJobsOnly(Job):
+    """A job that calls nothing but :data:`~.rq.ENTRY`: a job that names
+    another function fails, and that function is never imported."""
+
+    @property
+    def func(self) -> t.Any:
+        if self.func_name != ENTRY:
+            raise UsageError(
+                f"This worker runs Flask-BGTasks tasks only, and refused job {self.id}"
+                f" that calls {self.func_name!r}. Give it a queue of its own, served"
+                " by a plain RQ worker."
+            )
+        return run_job
+
+
+class _BGTasksWorker:
+    """What both workers add to RQ's: the app, JSON, our jobs only, and a
+    flag that says whether it stopped because it was asked to."""
+
+    def __init__(
+        self,
+        queues: t.Any,
+        *args: t.Any,
+        perform: Perform | None = None,
+        **kwargs: t.Any,
+    ) -> None:
+        global _perform
+        kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = OurJobsOnly
+        super().__init__(queues, *args, **kwargs)  # type: ignore[call-arg]
+        _perform = perform or _perform or _perform_from_environment()
+        #: Set when a signal asked it to stop.
+        self.stopping = False
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[misc]
+
+
+class Worker(_BGTasksWorker, rq.SimpleWorker):
+    """Runs each task in this process: the fastest, and the app is built
+    once. A task can be asked to stop (``cancel()``), not killed.
+
+    .. versionadded:: 0.1
+    """
+
+
+class ForkWorker(_BGTasksWorker, rq.Worker):
+    """Runs each task in a process forked for it, as RQ's ``Worker`` does:
+    slower per task, but a task that crashes or leaks takes only its own
+    process down.
+
+    .. versionadded:: 0.1
+    """

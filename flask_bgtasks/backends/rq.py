@@ -1,0 +1,210 @@
+"""``BGTASKS_BACKEND = "rq"``: tasks run on RQ workers, on any machine that
+reaches the same Redis.
+
+The web side (:class:`RQBackend`) puts each task's message, as JSON, on the
+RQ queue of its pool, ``bgtasks.<pool>``. A worker (``flask bgtasks
+worker``, or ``rq worker -w flask_bgtasks.backends.rq.Worker``) builds the
+app once per process and runs each message with the same run function as a
+thread pool, so ``current_task``, retries, timeouts, signals and the store
+behave the same. The store, which must be the Redis store, decides: a
+worker refuses a task whose record says cancelled.
+
+Nothing crosses Redis as pickle: the jobs use RQ's JSON serializer, and a
+worker runs no job but ours, so writing to Redis does not let anyone run
+code in the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import typing as t
+
+from .._errors import ShutdownError, UsageError
+from .._redis import client, import_redis, unavailable_as
+from . import Backend, Run
+
+if t.TYPE_CHECKING:
+    from .._config import Config, PoolConfig
+    from .._message import TaskMessage
+
+logger = logging.getLogger("flask_bgtasks")
+
+#: The one function an RQ job of ours calls, by its import path.
+ENTRY = "flask_bgtasks.backends.rq.run_job"
+#: Seconds RQ keeps a job that failed (ours fail only if the worker breaks).
+FAILURE_TTL = 7 * 24 * 3600
+
+
+def queue_name(pool: str) -> str:
+    """The RQ queue of a pool."""
+    return f"bgtasks.{pool}"
+
+
+def _import_rq() -> t.Any:
+    try:
+        import rq
+    except ImportError:
+        raise UsageError(
+            "BGTASKS_BACKEND = 'rq' needs the 'rq' package: pip install 'flask-bgtasks[rq]'."
+        ) from None
+    return rq
+
+
+class RQBackend(Backend):
+    """Queue tasks on RQ, in the Redis of ``BGTASKS_STORE``.
+
+    :param url: The Redis URL.
+    :param grace: Seconds past a task's ``timeout`` before RQ stops it hard.
+    :param engine_timeout: RQ's hard limit for a task without ``timeout``,
+        or ``None`` for none.
+
+    .. versionadded:: 0.1
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        pools: t.Mapping[str, PoolConfig],
+        name: str,
+        run: Run,
+        *,
+        url: str,
+        grace: float = 3.0,
+        engine_timeout: float | None = 3600.0,
+    ) -> None:
+        super().__init__(pools, name, run)
+        rq = _import_rq()
+        from rq.serializers import JSONSerializer
+
+        self.url = url
+        self.grace = grace
+        self.engine_timeout = engine_timeout
+        self.connection = client(url, decode=False)
+        self.queues = {
+            pool: rq.Queue(queue_name(pool), connection=self.connection, serializer=JSONSerializer)
+            for pool in pools
+        }
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Config, name: str, run: Run) -> Backend:
+        kind, url = config.store
+        if kind != "redis" or url is None:
+            raise UsageError(
+                "BGTASKS_BACKEND = 'rq' takes its Redis from BGTASKS_STORE, which must"
+                " be 'redis://host:6379/0'."
+            )
+        return cls(
+            config.pools,
+            name,
+            run,
+            url=url,
+            grace=config.timeout_grace,
+            engine_timeout=config.engine_timeout,
+        )
+
+    def hard_limit(self, message: TaskMessage) -> int:
+        """RQ's time limit for the task, a backstop for its cooperative
+        ``timeout``: that plus the grace; for a task without one,
+        ``BGTASKS_ENGINE_TIMEOUT``, never RQ's 180 s. ``-1`` for none."""
+        timeout = message.options.timeout
+        if timeout is not None:
+            return int(timeout + self.grace) + 1
+        return -1 if self.engine_timeout is None else int(self.engine_timeout)
+
+    def submit(self, message: TaskMessage) -> None:
+        try:
+            queue = self.queues[message.pool]
+        except KeyError:
+            raise self.unknown_pool(message.pool) from None
+        if self._closed:
+            raise ShutdownError(
+                f"{self.name!r} is shut down and accepts no new tasks."
+                " Submit before shutdown(), or create a new app."
+            )
+        # A task taken over from a dead worker goes again under a new job id:
+        # the old job may still be in RQ's registries.
+        job_id = message.id if not message.attempt else f"{message.id}.{message.attempt}"
+        with unavailable_as(self.url, f"queue task {message.name!r}"):
+            queue.enqueue(
+                ENTRY,
+                message.to_json(),
+                job_id=job_id,
+                job_timeout=self.hard_limit(message),
+                result_ttl=0,
+                failure_ttl=FAILURE_TTL,
+                description=f"{message.name} (task {message.id})",
+            )
+
+    def join(self, timeout: float | None = None) -> bool:
+        return True  # nothing runs in this process
+
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
+        # The queued tasks are in Redis, for the workers: nothing to cancel.
+        self._closed = True
+        return []
+
+    def wait(self, deadline: float | None = None) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+    def work(self, pools: t.Collection[str], *, burst: bool, fork: bool) -> None:
+        """Run an RQ worker for ``pools`` in this process until it is
+        stopped (SIGTERM or Ctrl-C: the running task finishes first) or,
+        with ``burst``, until the queues are empty. If Redis goes away, wait
+        until it is back and go on."""
+        unknown = sorted(set(pools) - self.pool_names)
+        if unknown:
+            raise self.unknown_pool(unknown[0])
+        perform = self.perform
+        if perform is None:
+            raise UsageError(f"{self.name!r} has no runtime to run its tasks.")
+        from ._rq_worker import ForkWorker, Worker
+
+        worker_class = ForkWorker if fork else Worker
+        connection = client(self.url, decode=False, timeout=None)
+        names = [queue_name(pool) for pool in sorted(pools)]
+        while True:
+            worker = worker_class(names, connection=connection, perform=perform)
+            worker.work(burst=burst, logging_level=None)
+            if worker.stopping or burst or not _wait_for_redis(connection, self.url):
+                return
+
+
+def _wait_for_redis(connection: t.Any, url: str) -> bool:
+    """After the worker stopped on an error: wait until Redis answers again.
+    ``False`` if a SIGTERM or Ctrl-C came first."""
+    from .._redis import shown_url
+
+    redis = import_redis()
+    stop = threading.Event()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        delay = 0.5
+        logger.warning("Lost the Redis at %s; waiting for it to come back.", shown_url(url))
+        while not stop.wait(delay):
+            try:
+                connection.ping()
+            except redis.RedisError:
+                delay = min(delay * 2, 5.0)
+                continue
+            logger.warning("The Redis at %s is back; the worker goes on.", shown_url(url))
+            return True
+        return False
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def run_job(data: str) -> None:
+    """The function of every RQ job of ours: run the task's message."""
+    from ._rq_worker import perform_job
+
+    perform_job(data)
