@@ -37,7 +37,7 @@ def send(app: Flask, store: TaskStore, backend: Backend, message: TaskMessage) -
     except BaseException:
         store.discard(message.id)
         raise
-    handle = TaskResult.from_record(store, snapshot.record(None))
+    handle = TaskResult.from_record(store, snapshot.record(None), backend.stop_task)
     if signals.task_submitted.receivers:
         signals.task_submitted.send(app, task=handle)
     return handle

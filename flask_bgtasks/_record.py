@@ -73,8 +73,13 @@ def this_process() -> str:
     pid = os.getpid()
     name = _process_names.get(pid)
     if name is None:
-        name = _process_names[pid] = f"{socket.gethostname()}:{pid}"
+        name = _process_names[pid] = process_name(pid)
     return name
+
+
+def process_name(pid: int) -> str:
+    """A process of this machine as records name it: ``host:pid``."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def as_datetime(timestamp: float | None) -> datetime | None:

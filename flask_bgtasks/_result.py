@@ -64,7 +64,7 @@ class TaskResult(LazyFuture[R]):
         ``StoredResult``.
     """
 
-    __slots__ = ("_execution", "_store", "_last")
+    __slots__ = ("_execution", "_store", "_last", "_stop")
 
     def __init__(
         self,
@@ -72,16 +72,24 @@ class TaskResult(LazyFuture[R]):
         *,
         store: TaskStore | None = None,
         record: TaskRecord | None = None,
+        stop: t.Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         self._execution = execution
         self._store = store
         self._last = record
+        self._stop = stop
 
     @classmethod
-    def from_record(cls, store: TaskStore, record: TaskRecord) -> TaskResult[t.Any]:
-        """A handle that reads ``store``, starting from ``record``."""
-        return cls(store=store, record=record)
+    def from_record(
+        cls, store: TaskStore, record: TaskRecord, stop: t.Callable[[str], None] | None = None
+    ) -> TaskResult[t.Any]:
+        """A handle that reads ``store``, starting from ``record``.
+
+        :param stop: Ends the running task by force, by id, for
+            ``cancel(force=True)``: an engine's forking worker can.
+        """
+        return cls(store=store, record=record, stop=stop)
 
     # -- what it is ---------------------------------------------------------
 
@@ -254,13 +262,19 @@ class TaskResult(LazyFuture[R]):
 
         :param force: For a running task on a process pool of this process:
             kill its child process at once, and end the task as cancelled
-            (the pool starts a new child). A thread can't be killed, so a
-            thread task is only asked, as without ``force``.
+            (the pool starts a new child). On the RQ backend, the same for a
+            task that a forking worker (``flask bgtasks worker --fork``)
+            runs. A thread can't be killed, so a thread task is only asked,
+            as without ``force``.
         """
         execution = self._execution
         if execution is None:
             assert self._store is not None
-            return self._store.cancel(self._remote().id)
+            task_id = self._remote().id
+            cancelled = self._store.cancel(task_id)
+            if force and not cancelled and self._stop is not None:
+                self._stop(task_id)
+            return cancelled
         if (
             execution.cancel_queued()
             or execution.cancel_waiting()

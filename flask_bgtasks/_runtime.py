@@ -20,12 +20,13 @@ from . import signals
 from ._admission import Admission
 from ._context import check_not_forking_per_request, is_reloader_watcher
 from ._engine import missing_task, send
-from ._errors import ConfigError, QueueFull, ShutdownError, StoreUnavailable, UsageError
+from ._errors import QueueFull, ShutdownError, StoreUnavailable, UsageError
 from ._execution import Execution
 from ._message import NO_KWARGS, TaskMessage, new_id
 from ._observer import StoreEvents
 from ._options import TaskOptions
 from ._process import ProcessLocal
+from ._record import process_name
 from ._result import TaskResult
 from ._run import run
 from .backends import backend_class
@@ -95,20 +96,12 @@ class Runtime(ProcessLocal):
         self.engine = config.backend if chosen.remote else None
         #: Whether the tasks run elsewhere, and nothing of them is kept here.
         self.remote = chosen.remote and not config.eager
-        if self.remote and not store.distributed:
-            raise ConfigError(
-                f"BGTASKS_BACKEND is {config.backend!r}, whose workers may run on"
-                f" other machines, but BGTASKS_STORE is {config.store[0]!r}, which"
-                " they can't see: no worker could record a task, and no web process"
-                " could find one. Set BGTASKS_STORE = 'redis://host:6379/0', the"
-                " Redis the workers use."
-            )
         # Eager mode, for tests, runs every task in submit() whatever the
         # backend.
         backend = EagerBackend if config.eager else chosen
         self.backend: Backend = backend.from_config(config, app.name, self.run_message)
         self.backend.claim = self.claim
-        self.backend.perform = self.perform
+        self.backend.worker_side = self
         self.admission = Admission(
             config, tasks, shared=self.shared, engine=self.engine, process_pools=self.process_pools
         )
@@ -311,6 +304,13 @@ class Runtime(ProcessLocal):
         if execution.claim():
             run(execution, app)
 
+    def abandoned(self, data: str | bytes, pid: int) -> None:
+        """A forked process that ran a message died: a task it left
+        unfinished is ended (or run again, if durable) now, as the store
+        does for the tasks of dead processes."""
+        message = TaskMessage.from_json(data, self._options)
+        self.store.abandon(message.id, process_name(pid))
+
     def _options(self, name: str) -> TaskOptions:
         task = self.tasks.get(name)
         return TaskOptions(name=name) if task is None else task.options
@@ -352,7 +352,9 @@ class Runtime(ProcessLocal):
         if not self.shared:
             return None
         record = self.store.record(task_id)
-        return None if record is None else TaskResult.from_record(self.store, record)
+        if record is None:
+            return None
+        return TaskResult.from_record(self.store, record, self.backend.stop_task)
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task by id, here or through the store."""

@@ -30,8 +30,21 @@ Run = t.Callable[["TaskMessage"], None]
 #: runs it elsewhere and applies what it reports: the task's Execution, or
 #: ``None`` if it was cancelled meanwhile.
 Claim = t.Callable[["TaskMessage"], "Execution | None"]
-#: Runs, in this thread, a message that an engine's worker received as JSON.
-Perform = t.Callable[[str | bytes], None]
+
+
+class WorkerSide(t.Protocol):
+    """What an engine's worker calls in the app's runtime."""
+
+    def enter_process(self) -> bool:
+        """This process starts to work: the store's upkeep starts, which
+        takes over the durable tasks of dead workers."""
+
+    def perform(self, data: str | bytes) -> None:
+        """Run, in this thread, a message the worker received as JSON."""
+
+    def abandoned(self, data: str | bytes, pid: int) -> None:
+        """The process ``pid`` that ran this message is gone: if it left the
+        task unfinished, its record is dealt with now."""
 
 
 class Backend(abc.ABC):
@@ -57,8 +70,8 @@ class Backend(abc.ABC):
     #: report: takes a message's task off the queue here.
     claim: Claim | None = None
     #: Set by the runtime, for an engine backend whose workers this process
-    #: may run (``flask bgtasks worker``): runs a received message.
-    perform: Perform | None = None
+    #: may run (``flask bgtasks worker``).
+    worker_side: WorkerSide | None = None
 
     def __init__(self, pools: t.Mapping[str, PoolConfig], name: str, run: Run) -> None:
         self.pool_names = frozenset(pools)
@@ -119,6 +132,11 @@ class Backend(abc.ABC):
             f" BGTASKS_BACKEND = 'rq'; {self.name!r} runs its tasks in its own"
             " processes (BGTASKS_BACKEND = 'threads'), so it needs no worker."
         )
+
+    def stop_task(self, task_id: str) -> None:
+        """End a running task of this engine by force, where its worker can
+        (one that forks a process per task); best effort, after the store
+        recorded the cancel. The default does nothing."""
 
     def check_process(self) -> None:
         """This process submits for the first time (a forked child, say):

@@ -25,25 +25,26 @@ from .._errors import UsageError
 from .rq import ENTRY, run_job
 
 if t.TYPE_CHECKING:
-    from . import Perform
+    from . import WorkerSide
 
-# What runs a job's message in this process: set by the worker.
-_perform: Perform | None = None
+# The app's runtime, which runs a job's message in this process: set by the
+# worker.
+_side: WorkerSide | None = None
 
 
 def perform_job(data: str) -> None:
     """Run one job's message with this process's app."""
-    perform = _perform
-    if perform is None:
+    side = _side
+    if side is None:
         raise UsageError(
             "This RQ job is a Flask-BGTasks task, but this worker has no app: run"
             " 'flask --app APP bgtasks worker', or 'rq worker -w"
             " flask_bgtasks.backends.rq.Worker' with BGTASKS_APP set."
         )
-    perform(data)
+    side.perform(data)
 
 
-def _perform_from_environment() -> Perform:
+def _side_from_environment() -> WorkerSide:
     """For ``rq worker -w``: build the app that BGTASKS_APP names."""
     from .._imports import load_app
     from .._runtime import runtime_of
@@ -54,7 +55,7 @@ def _perform_from_environment() -> Perform:
             "The Flask-BGTasks RQ worker needs the app: set BGTASKS_APP (or"
             " FLASK_APP) to what 'flask --app' takes, such as 'myapp:create_app'."
         )
-    return runtime_of(load_app(app_import)).perform
+    return runtime_of(load_app(app_import))
 
 
 class OurJobsOnly(Job):
@@ -80,14 +81,14 @@ class _BGTasksWorker:
         self,
         queues: t.Any,
         *args: t.Any,
-        perform: Perform | None = None,
+        side: WorkerSide | None = None,
         **kwargs: t.Any,
     ) -> None:
-        global _perform
+        global _side
         kwargs["serializer"] = JSONSerializer
         kwargs["job_class"] = OurJobsOnly
         super().__init__(queues, *args, **kwargs)  # type: ignore[call-arg]
-        _perform = perform or _perform or _perform_from_environment()
+        _side = side or _side or _side_from_environment()
         #: Set when a signal asked it to stop.
         self.stopping = False
 
@@ -107,7 +108,16 @@ class Worker(_BGTasksWorker, rq.SimpleWorker):
 class ForkWorker(_BGTasksWorker, rq.Worker):
     """Runs each task in a process forked for it, as RQ's ``Worker`` does:
     slower per task, but a task that crashes or leaks takes only its own
-    process down.
+    process down, and ``cancel(force=True)`` kills that process.
 
     .. versionadded:: 0.1
     """
+
+    def monitor_work_horse(self, job: Job, queue: rq.Queue, execution: t.Any) -> None:
+        pid = self.horse_pid
+        super().monitor_work_horse(job, queue, execution)
+        # A process killed (by cancel(force=True), a crash, RQ's hard time
+        # limit) left its task unfinished: its record is dealt with now, as
+        # the task of a dead process, rather than when its lease ends.
+        if _side is not None and job.func_name == ENTRY and job.args:
+            _side.abandoned(str(job.args[0]), pid)

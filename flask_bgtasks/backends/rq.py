@@ -83,6 +83,7 @@ class RQBackend(Backend):
         self.grace = grace
         self.engine_timeout = engine_timeout
         self.connection = client(url, decode=False)
+        self._serializer = JSONSerializer
         self.queues = {
             pool: rq.Queue(queue_name(pool), connection=self.connection, serializer=JSONSerializer)
             for pool in pools
@@ -125,19 +126,43 @@ class RQBackend(Backend):
                 f"{self.name!r} is shut down and accepts no new tasks."
                 " Submit before shutdown(), or create a new app."
             )
-        # A task taken over from a dead worker goes again under a new job id:
-        # the old job may still be in RQ's registries.
-        job_id = message.id if not message.attempt else f"{message.id}.{message.attempt}"
         with unavailable_as(self.url, f"queue task {message.name!r}"):
+            if message.attempt:
+                # Taken over from a dead worker: its old job leaves RQ's
+                # registries first, where RQ's cleanup would fail it later.
+                self._delete_job(message.id)
             queue.enqueue(
                 ENTRY,
                 message.to_json(),
-                job_id=job_id,
+                job_id=message.id,
                 job_timeout=self.hard_limit(message),
                 result_ttl=0,
                 failure_ttl=FAILURE_TTL,
                 description=f"{message.name} (task {message.id})",
             )
+
+    def _delete_job(self, job_id: str) -> None:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            Job.fetch(job_id, connection=self.connection, serializer=self._serializer).delete()
+        except NoSuchJobError:
+            pass
+
+    def stop_task(self, task_id: str) -> None:
+        """Ask the worker that runs the task to kill the process it runs it
+        in: a :class:`ForkWorker` does; a :class:`Worker` runs tasks in its
+        own process, which it can't kill, so there the cancel stays a
+        request."""
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+        try:
+            with unavailable_as(self.url, "stop the task"):
+                send_stop_job_command(self.connection, task_id, serializer=self._serializer)
+        except (NoSuchJobError, InvalidJobOperation) as exc:
+            logger.info("Task %s was not stopped by force: %s", task_id, exc)
 
     def join(self, timeout: float | None = None) -> bool:
         return True  # nothing runs in this process
@@ -161,16 +186,17 @@ class RQBackend(Backend):
         unknown = sorted(set(pools) - self.pool_names)
         if unknown:
             raise self.unknown_pool(unknown[0])
-        perform = self.perform
-        if perform is None:
+        side = self.worker_side
+        if side is None:
             raise UsageError(f"{self.name!r} has no runtime to run its tasks.")
         from ._rq_worker import ForkWorker, Worker
 
+        side.enter_process()
         worker_class = ForkWorker if fork else Worker
         connection = client(self.url, decode=False, timeout=None)
         names = [queue_name(pool) for pool in sorted(pools)]
         while True:
-            worker = worker_class(names, connection=connection, perform=perform)
+            worker = worker_class(names, connection=connection, side=side)
             worker.work(burst=burst, logging_level=None)
             if worker.stopping or burst or not _wait_for_redis(connection, self.url):
                 return
@@ -208,3 +234,13 @@ def run_job(data: str) -> None:
     from ._rq_worker import perform_job
 
     perform_job(data)
+
+
+def __getattr__(name: str) -> t.Any:
+    # The workers import rq's worker machinery, which a web process never
+    # needs: loaded when first named, as 'rq worker -w' names them.
+    if name in ("Worker", "ForkWorker"):
+        from . import _rq_worker
+
+        return getattr(_rq_worker, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

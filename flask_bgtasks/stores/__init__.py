@@ -113,6 +113,12 @@ class TaskStore(abc.ABC):
         """Whether another process asked the running task to stop."""
         return False
 
+    def abandon(self, task_id: str, process: str) -> None:
+        """The process named ``process`` (``host:pid``) is gone: if it held
+        the task unfinished, end its lease now, so that the upkeep deals
+        with it at once, as with any task of a dead process. The default
+        does nothing: the lease ends by itself."""
+
     def keep(self, task_id: str, handle: TaskResult[t.Any]) -> None:
         """The id of a task of this process was handed out. A store that
         keeps live handles (the memory store) keeps this one, so that it is
@@ -193,9 +199,29 @@ def open_store(app: Flask, config: Config, *, engine: bool = False) -> TaskStore
     """The store that ``BGTASKS_STORE`` names, for ``app``.
 
     :param engine: Tasks are queued in an engine (RQ) and run by its
-        workers, not by this process.
+        workers, not by this process; the store must be one they see.
+    :raises ConfigError: For an engine and a store that its workers can't
+        see, before anything is opened.
     """
     kind, path = config.store
+    if engine and kind in ("memory", "sqlite"):
+        raise _not_distributed(config, kind)
+    store = _open(app, config, kind, path, engine)
+    if engine and not store.distributed:
+        raise _not_distributed(config, kind)
+    return store
+
+
+def _not_distributed(config: Config, kind: str) -> ConfigError:
+    return ConfigError(
+        f"BGTASKS_BACKEND is {config.backend!r}, whose workers may run on"
+        f" other machines, but BGTASKS_STORE is {kind!r}, which they can't see:"
+        " no worker could record a task, and no web process could find one."
+        " Set BGTASKS_STORE = 'redis://host:6379/0', the Redis the workers use."
+    )
+
+
+def _open(app: Flask, config: Config, kind: str, path: str | None, engine: bool) -> TaskStore:
     if kind == "memory" or path is None:
         from .memory import MemoryStore
 

@@ -177,6 +177,15 @@ end
 return 1
 """
 
+#: The process that held an unfinished task is gone: its lease ends now.
+#: KEYS: hash, leases. ARGV: id, process.
+ABANDON = """
+local f = redis.call('HMGET', KEYS[1], 'owner', 'finished_at')
+if f[1] ~= ARGV[2] or f[2] ~= '' then return 0 end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
 #: Delete the records of the tasks that finished before a time. KEYS:
 #: index, finished. ARGV: before, prefix. Returns how many.
 PURGE = """
@@ -217,6 +226,7 @@ class Scripts:
                 ("take_over", TAKE_OVER),
                 ("hand_over", HAND_OVER),
                 ("purge", PURGE),
+                ("abandon", ABANDON),
             ]
         }
 

@@ -269,6 +269,15 @@ class RedisStore(TaskStore, ProcessLocal):
                 self.lease,
             )
 
+    def abandon(self, task_id: str, process: str) -> None:
+        if self._run(
+            "abandon",
+            [self._key(task_id), self._keys[2]],
+            [task_id, process],
+            "end the lease of a task whose process is gone",
+        ):
+            self._upkeep.run()
+
     def cancel_requested(self, task_id: str) -> bool:
         self.check_process()
         with unavailable_as(self.url, "read the task's cancel flag"):

@@ -1,0 +1,264 @@
+"""The RQ backend: the same task code runs on real ``flask bgtasks worker``
+processes, with the Redis store deciding; eager mode applies the same JSON
+round trip; what can't work is refused at ``init_app`` or ``submit``."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_bgtasks import (
+    BGTasks,
+    ConfigError,
+    InvalidTaskError,
+    TaskFailed,
+    TaskRecord,
+    TaskStatus,
+)
+from tests.servers import BIN, Server, wait_for
+
+APPS = Path(__file__).parent / "server_apps"
+
+
+@pytest.fixture
+def engine(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t.Iterator[t.Any]:
+    """The ``engineapp`` module, its app built in this process to submit."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("TASK_DIR", str(tmp_path))
+    monkeypatch.setenv("WEB_ONLY", "1")
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("engineapp", None)
+    module = importlib.import_module("engineapp")
+    module.app = module.create_app()
+    try:
+        yield module
+    finally:
+        module.bg.shutdown()
+        sys.modules.pop("engineapp", None)
+
+
+def worker(
+    redis_url: str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+) -> Server:
+    """A ``flask bgtasks worker`` process, in a folder of its own."""
+    folder = tmp_path / f"worker-{len(list(tmp_path.glob('worker-*')))}"
+    folder.mkdir()
+    settings = {
+        "REDIS_URL": redis_url,
+        "TASK_DIR": str(tmp_path),
+        "PYTHONPATH": str(APPS),
+        "WEB_ONLY": "0",
+        **(env or {}),
+    }
+    command = [str(BIN / "flask"), "--app", "engineapp:create_app", "bgtasks", "worker", *options]
+    return Server(command, cwd=folder, env=settings)
+
+
+def record(engine: t.Any, task_id: str) -> TaskRecord:
+    with engine.app.app_context():
+        found = engine.bg.store().record(task_id)
+    assert found is not None, f"no record of {task_id}"
+    return t.cast(TaskRecord, found)
+
+
+def wait_status(engine: t.Any, task_id: str, status: TaskStatus, timeout: float = 30) -> None:
+    wait_for(lambda: record(engine, task_id).status is status, timeout, f"{task_id} {status}")
+
+
+@pytest.mark.timeout(60)
+def test_the_same_task_code_runs_on_a_worker(engine: t.Any, redis_url: str, tmp_path: Path) -> None:
+    with engine.app.app_context():
+        added = engine.add.submit(2, 3)
+        flaky = engine.flaky.submit("x")
+        assert added.status is TaskStatus.QUEUED
+        with pytest.raises(TypeError, match="result"):
+            added.add_done_callback(print)
+    with worker(redis_url, tmp_path, "--burst") as process:
+        assert process.wait_exit(45) == 0
+    with engine.app.app_context():
+        assert added.result(5) == 5
+        assert flaky.result(5) == 2
+    done = record(engine, added.id)
+    assert done.progress == {"current": 1, "total": 1, "message": "added"}
+    assert done.process is not None and done.process.endswith(f":{process.process.pid}")
+    retried = record(engine, flaky.id)
+    assert (retried.attempt, len(retried.errors)) == (2, 1)
+    assert retried.errors[0]["type"] == "ConnectionError"
+
+
+@pytest.mark.timeout(60)
+def test_a_task_cancelled_while_queued_never_runs(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    with engine.app.app_context():
+        waiting = engine.until_gate.submit("never-opened")
+        after = engine.add.submit(1, 1)
+        assert waiting.cancel() is True
+        assert engine.bg.cancel(waiting.id) is True  # and again: still cancelled
+    with worker(redis_url, tmp_path, "--burst") as process:
+        assert process.wait_exit(45) == 0
+    cancelled = record(engine, waiting.id)
+    assert (cancelled.status, cancelled.attempt, cancelled.started_at) == (
+        TaskStatus.CANCELLED,
+        0,
+        None,
+    )
+    assert record(engine, after.id).status is TaskStatus.SUCCEEDED
+
+
+@pytest.mark.timeout(60)
+def test_a_running_task_is_asked_to_stop(engine: t.Any, redis_url: str, tmp_path: Path) -> None:
+    with worker(redis_url, tmp_path) as process:
+        with engine.app.app_context():
+            running = engine.until_gate.submit("never-opened")
+        wait_status(engine, running.id, TaskStatus.RUNNING)
+        with engine.app.app_context():
+            assert running.cancel() is False  # asked, as for a running future
+        wait_status(engine, running.id, TaskStatus.CANCELLED)
+        assert record(engine, running.id).cancel_requested
+        process.signal(signal.SIGTERM)
+        assert process.wait_exit(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_task_is_killed_by_a_forced_cancel(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    with worker(redis_url, tmp_path, "--fork") as process:
+        with engine.app.app_context():
+            deaf = engine.deaf.submit("never-opened")
+            # Running, and ignoring requests to stop.
+            wait_for(lambda: record(engine, deaf.id).progress is not None, 30, "the task to run")
+            assert deaf.cancel(force=True) is False
+        wait_status(engine, deaf.id, TaskStatus.CANCELLED, timeout=20)
+        with engine.app.app_context():
+            after = engine.add.submit(2, 2)
+            assert after.result(30) == 4
+        process.signal(signal.SIGTERM)
+        assert process.wait_exit(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_the_hard_limit_frees_a_worker_from_a_task_that_ignores_its_timeout(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    with engine.app.app_context():
+        stuck = engine.stuck.submit("never-opened")
+        after = engine.add.submit(3, 4)
+    with worker(redis_url, tmp_path, "--burst") as process:
+        # One worker: the second task runs only once RQ's hard limit (the
+        # timeout, 1 s, plus the grace) ended the first.
+        assert process.wait_exit(45) == 0
+    timed_out = record(engine, stuck.id)
+    assert timed_out.status is TaskStatus.FAILED
+    assert timed_out.errors[-1]["type"] == "flask_bgtasks.TaskTimeout"
+    assert record(engine, after.id).status is TaskStatus.SUCCEEDED
+
+
+@pytest.mark.timeout(60)
+def test_what_a_worker_can_not_run_fails_saying_why(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    with engine.app.app_context():
+        not_json = engine.returns_set.submit()
+        undeclared = engine.web_only.submit()
+    with worker(redis_url, tmp_path, "--burst") as process:
+        assert process.wait_exit(45) == 0
+    with engine.app.app_context(), pytest.raises(TaskFailed, match="which is not JSON"):
+        not_json.result(5)
+    error = record(engine, undeclared.id).error
+    assert error is not None and "not declared in the app this worker loaded" in error["message"]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_runs_no_job_but_ours(engine: t.Any, redis_url: str, tmp_path: Path) -> None:
+    import redis
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+    from rq.serializers import JSONSerializer
+
+    victim = tmp_path / "victim"
+    victim.write_text("still here")
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        queue = Queue("bgtasks.default", connection=connection, serializer=JSONSerializer)
+        job = queue.enqueue("os.remove", str(victim))
+        with worker(redis_url, tmp_path, "--burst") as process:
+            assert process.wait_exit(45) == 0
+        assert victim.read_text() == "still here"
+        assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
+        assert "refused job" in process.output
+    finally:
+        connection.close()
+
+
+def test_a_submit_with_an_argument_that_is_not_json_queues_nothing(engine: t.Any) -> None:
+    with engine.app.app_context():
+        with pytest.raises(InvalidTaskError, match=r"Argument 0 of task .* is set"):
+            engine.add.submit({1}, 2)
+        with pytest.raises(InvalidTaskError, match="copies the request"):
+            _copying(engine).submit()
+        assert len(engine.bg.store()) == 0
+
+
+def _copying(engine: t.Any) -> t.Any:
+    @engine.bg.task(copy_g=["user"], name="copies_g")
+    def copies_g() -> None:
+        pass
+
+    return copies_g
+
+
+def test_the_worker_command_refuses_an_app_without_an_engine(
+    make_app: t.Callable[..., Flask],
+) -> None:
+    app = make_app()
+    result = app.test_cli_runner().invoke(args=["bgtasks", "worker"])
+    assert result.exit_code == 1
+    assert "needs no worker" in result.output
+
+
+def test_the_worker_command_refuses_an_unknown_pool(engine: t.Any) -> None:
+    result = engine.app.test_cli_runner().invoke(args=["bgtasks", "worker", "--pool", "nope"])
+    assert result.exit_code == 2
+    assert "no pool named 'nope'" in result.output
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_an_engine_needs_a_store_every_machine_sees(
+    make_app: t.Callable[..., Flask], store: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/tasks.db" if store == "sqlite" else store
+    with pytest.raises(ConfigError, match="which they can't see") as caught:
+        make_app(BGTASKS_BACKEND="rq", BGTASKS_STORE=url)
+    assert "redis://" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # refused before the file was made
+
+
+def test_eager_mode_applies_the_json_round_trip(bg: BGTasks) -> None:
+    app = Flask("eager")
+    app.config.update(BGTASKS_BACKEND="rq", BGTASKS_EAGER=True)
+
+    @bg.task
+    def echo(value: object) -> object:
+        return value
+
+    @bg.task
+    def returns_set() -> object:
+        return {1}
+
+    bg.init_app(app)
+    with app.app_context():
+        # As a worker gets it: a tuple arrives as a list.
+        assert echo.submit((1, 2)).result() == [1, 2]
+        assert echo.submit({"a": (1,)}).result() == {"a": [1]}
+        with pytest.raises(InvalidTaskError, match="not JSON"):
+            echo.submit(object())
+        with pytest.raises(InvalidTaskError, match="brings a task's value back"):
+            returns_set.submit().result()
