@@ -26,7 +26,8 @@ cli = AppGroup(
         "Look at and manage background tasks.\n\nThe commands read the app's"
         " task store. With the default memory store they only see the tasks"
         " of the command's own process, so none from the app's servers: set"
-        " BGTASKS_STORE to a SQLite file to manage those."
+        " BGTASKS_STORE to a SQLite file (one machine) or Redis (several) to"
+        " manage those. 'worker' runs the workers of BGTASKS_BACKEND = 'rq'."
     ),
 )
 
@@ -68,8 +69,8 @@ def _record(store: TaskStore, task_id: str) -> TaskRecord:
         if not store.shared:
             message += (
                 " The memory store only holds the tasks of this command's own"
-                " process; set BGTASKS_STORE to a SQLite file to see the tasks"
-                " of the app's servers."
+                " process; set BGTASKS_STORE to a SQLite file or Redis to see"
+                " the tasks of the app's servers."
             )
         raise click.ClickException(message)
     return record
@@ -130,8 +131,8 @@ def list_command(status: str | None, limit: int) -> None:
         if not store.shared:
             click.echo(
                 "The memory store only holds the tasks of this command's own"
-                " process; set BGTASKS_STORE to a SQLite file to see the tasks"
-                " of the app's servers."
+                " process; set BGTASKS_STORE to a SQLite file or Redis to see"
+                " the tasks of the app's servers."
             )
         return
     rows = [("ID", "NAME", "STATUS", "PROGRESS", "ATTEMPT", "SUBMITTED", "FINISHED")]

@@ -124,6 +124,8 @@ def test_a_running_task_is_asked_to_stop(engine: t.Any, redis_url: str, tmp_path
         assert record(engine, running.id).cancel_requested
         process.signal(signal.SIGTERM)
         assert process.wait_exit(30) == 0
+    # The worker ran the app's on_shutdown hooks as it exited.
+    assert (tmp_path / f"shutdown-{process.process.pid}").read_text() == "engineapp"
 
 
 @pytest.mark.timeout(60)

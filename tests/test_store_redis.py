@@ -280,19 +280,26 @@ def test_redis_away_then_back(tmp_path: Path, bg: BGTasks) -> None:
     back, the same app goes on without a restart."""
     with RedisServer(tmp_path) as server:
         app = Flask("away")
-        app.config.update(BGTASKS_STORE=server.url, BGTASKS_MAX_WORKERS=1)
+        app.config.update(BGTASKS_STORE=server.url, BGTASKS_MAX_WORKERS=1, BGTASKS_API=True)
 
         @bg.task
         def double(value: int) -> int:
             return value * 2
 
+        bg.authorize(lambda record: True)
         bg.init_app(app)
+        client = app.test_client()
         with app.app_context():
-            assert double.submit(1).result(10) == 2
+            first = double.submit(1)
+            assert first.result(10) == 2
+            assert client.get(f"/tasks/{first.id}").json["status"] == "succeeded"
             server.stop()
             with pytest.raises(StoreUnavailable, match="unavailable") as caught:
                 double.submit(2)
             assert caught.value.code == 503
+            response = client.get(f"/tasks/{first.id}")
+            assert response.status_code == 503
+            assert "Redis at redis://127.0.0.1" in response.get_data(as_text=True)
             server.start()  # empty: nothing was saved
             assert len(bg.store()) == 0
             assert double.submit(3).result(10) == 6

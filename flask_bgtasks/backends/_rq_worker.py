@@ -92,6 +92,18 @@ class _BGTasksWorker:
         #: Set when a signal asked it to stop.
         self.stopping = False
 
+    def subscribe(self) -> None:
+        # As RQ's, but the thread that listens for commands wakes every
+        # second rather than every 60: with redis-py 8.2, stopping it waits
+        # for it to wake, so a worker took up to a minute to exit.
+        self.pubsub = self.connection.pubsub()  # type: ignore[attr-defined]
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})  # type: ignore[attr-defined]
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1,
+            daemon=True,
+            exception_handler=self._pubsub_exception_handler,  # type: ignore[attr-defined]
+        )
+
     def request_stop(self, signum: int, frame: object) -> None:
         self.stopping = True
         super().request_stop(signum, frame)  # type: ignore[misc]

@@ -195,10 +195,19 @@ class RQBackend(Backend):
         worker_class = ForkWorker if fork else Worker
         connection = client(self.url, decode=False, timeout=None)
         names = [queue_name(pool) for pool in sorted(pools)]
+        redis = import_redis()
         while True:
-            worker = worker_class(names, connection=connection, side=side)
-            worker.work(burst=burst, logging_level=None)
-            if worker.stopping or burst or not _wait_for_redis(connection, self.url):
+            try:
+                worker = worker_class(names, connection=connection, side=side)
+                worker.work(burst=burst, logging_level=None)
+            except redis.RedisError as exc:
+                # RQ gives up on some lost connections (and its teardown then
+                # fails too): this one waits for Redis instead.
+                logger.warning("The worker stopped: %s: %s", type(exc).__name__, exc)
+            else:
+                if worker.stopping or burst:
+                    return
+            if not _wait_for_redis(connection, self.url):
                 return
 
 

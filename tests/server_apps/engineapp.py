@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, current_app
 
 from flask_bgtasks import BGTasks, current_task
 
@@ -74,6 +74,12 @@ def flaky(name: str) -> int:
 @bg.task
 def returns_set() -> object:
     return {1, 2}
+
+
+@bg.on_shutdown
+def say_goodbye() -> None:
+    """A worker that stops runs the hooks: it leaves a file named by its pid."""
+    gate(f"shutdown-{os.getpid()}").write_text(current_app.name)
 
 
 if os.environ.get("WEB_ONLY") == "1":
