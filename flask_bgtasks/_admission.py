@@ -78,7 +78,16 @@ class Admission:
             check_json(message)
         call = task.fn
         if self.engine is not None:
-            self._refuse_captures(task, f"runs on a worker of BGTASKS_BACKEND = {self.engine!r}")
+            where = f"runs on a worker of BGTASKS_BACKEND = {self.engine!r}"
+            self._refuse_captures(task, where)
+            if self.tasks.get(task.name) is not task:
+                raise InvalidTaskError(
+                    f"Task {task.name!r} {where}, which finds it by its name, but it"
+                    " is not the task declared under that name with @bg.task on this"
+                    " BGTasks instance (another task has the same name, or the"
+                    " function was submitted with bg.submit). Declare it with"
+                    " @bg.task, with a unique name."
+                )
             message, call = json_round_trip(message, call, self.engine)
         elif options.pool in self.process_pools:
             self._refuse_captures(task, f"runs in a child process (pool {message.pool!r})")

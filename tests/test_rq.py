@@ -93,6 +93,52 @@ def test_the_same_task_code_runs_on_a_worker(engine: t.Any, redis_url: str, tmp_
 
 
 @pytest.mark.timeout(60)
+def test_pools_are_queues_and_a_worker_serves_the_ones_it_is_given(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    from rq.job import Job
+
+    with engine.app.app_context():
+        report = engine.report.submit(7)
+        added = engine.add.submit(1, 2)
+        stuck = engine.stuck.submit("never-opened")
+    # RQ's hard limit: the timeout plus the grace for a task with one,
+    # BGTASKS_ENGINE_TIMEOUT for one without, never RQ's 180 s.
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert Job.fetch(stuck.id, connection=client).timeout == 2
+        assert Job.fetch(added.id, connection=client).timeout == 3600
+    finally:
+        client.close()
+    with worker(redis_url, tmp_path, "--burst", "--pool", "reports") as process:
+        assert process.wait_exit(45) == 0
+    assert record(engine, report.id).status is TaskStatus.SUCCEEDED
+    assert record(engine, added.id).status is TaskStatus.QUEUED
+    # RQ's own command, with the worker class we provide, serves the rest.
+    command = [
+        str(BIN / "rq"),
+        "worker",
+        "--burst",
+        "-w",
+        "flask_bgtasks.backends.rq.Worker",
+        "--url",
+        redis_url,
+        "bgtasks.default",
+    ]
+    folder = tmp_path / "rq-command"
+    folder.mkdir()
+    env = {"BGTASKS_APP": "engineapp:create_app", "PYTHONPATH": str(APPS), "WEB_ONLY": "0"}
+    with Server(
+        command, cwd=folder, env={"REDIS_URL": redis_url, "TASK_DIR": str(tmp_path), **env}
+    ) as rq_worker:
+        assert rq_worker.wait_exit(45) == 0
+    assert record(engine, added.id).status is TaskStatus.SUCCEEDED
+    assert record(engine, stuck.id).status is TaskStatus.FAILED
+
+
+@pytest.mark.timeout(60)
 def test_a_task_cancelled_while_queued_never_runs(
     engine: t.Any, redis_url: str, tmp_path: Path
 ) -> None:
@@ -206,6 +252,8 @@ def test_a_submit_with_an_argument_that_is_not_json_queues_nothing(engine: t.Any
             engine.add.submit({1}, 2)
         with pytest.raises(InvalidTaskError, match="copies the request"):
             _copying(engine).submit()
+        with pytest.raises(InvalidTaskError, match="finds it by its name"):
+            engine.bg.submit(print, "not declared")
         assert len(engine.bg.store()) == 0
 
 

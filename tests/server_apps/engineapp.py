@@ -63,6 +63,11 @@ stuck = bg.task(timeout=1, name="stuck")(ignore_requests)
 deaf = bg.task(name="deaf")(ignore_requests)
 
 
+@bg.task(pool="reports")
+def report(number: int) -> str:
+    return f"report {number}"
+
+
 @bg.task(retries=2, retry_backoff=0.01)
 def flaky(name: str) -> int:
     """Fail on the first attempt, succeed on the second."""
@@ -96,6 +101,7 @@ def create_app() -> Flask:
         BGTASKS_STORE=os.environ["REDIS_URL"],
         BGTASKS_TIMEOUT_GRACE=0.5,
         BGTASKS_STORE_LEASE=2.0,
+        BGTASKS_POOLS={"reports": {"max_workers": 1}},
     )
     bg.init_app(app)
     return app
