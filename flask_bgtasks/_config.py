@@ -130,6 +130,15 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         queue_size=_int("BGTASKS_QUEUE_SIZE", config["BGTASKS_QUEUE_SIZE"], 0, none=True),
     )
     pools = {DEFAULT_POOL: default, **_pools(config["BGTASKS_POOLS"], default)}
+    backend = _backend(config["BGTASKS_BACKEND"])
+    processes = sorted(name for name, pool in pools.items() if pool.kind == "process")
+    if backend == "rq" and processes and not config["BGTASKS_EAGER"]:
+        raise ConfigError(
+            f"BGTASKS_BACKEND is 'rq', whose workers run every pool, but the pools"
+            f" {processes} say \"kind\": \"process\", which only the thread backend"
+            " uses. Remove it: each RQ worker is a process of its own, and"
+            " 'flask bgtasks worker --fork' runs each task in a fresh one."
+        )
     app_import = _app_import(config["BGTASKS_APP"], pools)
     grace = _seconds("BGTASKS_TIMEOUT_GRACE", config["BGTASKS_TIMEOUT_GRACE"], none=False)
     pools = {
@@ -142,7 +151,7 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
         pools=pools,
         result_ttl=_seconds("BGTASKS_RESULT_TTL", config["BGTASKS_RESULT_TTL"]),
         max_results=_int("BGTASKS_MAX_RESULTS", config["BGTASKS_MAX_RESULTS"], 0),
-        backend=_backend(config["BGTASKS_BACKEND"]),
+        backend=backend,
         eager=_bool("BGTASKS_EAGER", config["BGTASKS_EAGER"]),
         shutdown_timeout=_seconds(
             "BGTASKS_SHUTDOWN_TIMEOUT", config["BGTASKS_SHUTDOWN_TIMEOUT"], none=False

@@ -291,6 +291,18 @@ def test_an_engine_needs_a_store_every_machine_sees(
     assert list(tmp_path.iterdir()) == []  # refused before the file was made
 
 
+def test_a_process_pool_means_nothing_to_an_engine(
+    make_app: t.Callable[..., Flask], redis_url: str
+) -> None:
+    with pytest.raises(ConfigError, match="only the thread backend uses"):
+        make_app(
+            BGTASKS_BACKEND="rq",
+            BGTASKS_STORE=redis_url,
+            BGTASKS_POOLS={"cpu": {"kind": "process"}},
+            BGTASKS_APP="app:app",
+        )
+
+
 def test_eager_mode_applies_the_json_round_trip(bg: BGTasks) -> None:
     app = Flask("eager")
     app.config.update(BGTASKS_BACKEND="rq", BGTASKS_EAGER=True)
