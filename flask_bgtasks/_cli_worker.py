@@ -19,8 +19,8 @@ import typing as t
 import click
 from flask.cli import ScriptInfo
 
+from ._engine import runtime_of
 from ._errors import UsageError
-from ._runtime import runtime_of
 
 
 @click.command("worker")
@@ -53,12 +53,16 @@ def worker_command(
     running task first."""
     app = ctx.ensure_object(ScriptInfo).load_app()
     runtime = runtime_of(app)
+    if runtime.config.eager:
+        raise click.ClickException(
+            f"The app {app.name!r} runs every task inside submit (BGTASKS_EAGER),"
+            " so it needs no worker. Turn BGTASKS_EAGER off to run tasks on workers."
+        )
     if not runtime.remote:
         raise click.ClickException(
             f"The app {app.name!r} runs its tasks in its own processes"
-            f" (BGTASKS_BACKEND = {runtime.config.backend!r}"
-            f"{', with BGTASKS_EAGER' if runtime.config.eager else ''}), so it needs"
-            " no worker. Set BGTASKS_BACKEND = 'rq' to run tasks on workers."
+            f" (BGTASKS_BACKEND = {runtime.config.backend!r}), so it needs no"
+            " worker. Set BGTASKS_BACKEND = 'rq' to run tasks on workers."
         )
     chosen = list(pools) or sorted(runtime.config.pools)
     unknown = sorted(set(chosen) - set(runtime.config.pools))

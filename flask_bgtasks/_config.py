@@ -135,7 +135,7 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
     if backend == "rq" and processes and not config["BGTASKS_EAGER"]:
         raise ConfigError(
             f"BGTASKS_BACKEND is 'rq', whose workers run every pool, but the pools"
-            f" {processes} say \"kind\": \"process\", which only the thread backend"
+            f' {processes} say "kind": "process", which only the thread backend'
             " uses. Remove it: each RQ worker is a process of its own, and"
             " 'flask bgtasks worker --fork' runs each task in a fresh one."
         )

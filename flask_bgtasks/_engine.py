@@ -4,15 +4,17 @@ the caller gets a handle that reads the store. Nothing of the task stays in
 this process.
 
 The worker side is :meth:`Runtime.perform <._runtime.Runtime.perform>`,
-which runs a received message with the same run function as a thread pool.
+which runs a received message with the same run function as a thread pool;
+a worker finds the runtime of the app it loaded with :func:`runtime_of`.
 """
 
 from __future__ import annotations
 
 import typing as t
+import weakref
 
 from . import signals
-from ._errors import InvalidTaskError
+from ._errors import InvalidTaskError, UsageError
 from ._message import TaskSnapshot
 from ._record import TaskStatus
 from ._result import TaskResult
@@ -21,8 +23,31 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from ._message import TaskMessage
+    from ._runtime import Runtime
     from .backends import Backend
     from .stores import TaskStore
+
+
+# The runtime of each app: an engine's worker finds it by the app it loaded.
+_runtimes: weakref.WeakKeyDictionary[Flask, Runtime] = weakref.WeakKeyDictionary()
+
+
+def runtime_of(app: Flask) -> Runtime:
+    """The runtime of an app registered with a BGTasks instance.
+
+    :raises UsageError: If there is none.
+    """
+    try:
+        return _runtimes[app]
+    except KeyError:
+        raise UsageError(
+            f"The app {app.name!r} is not registered with Flask-BGTasks; did you call init_app()?"
+        ) from None
+
+
+def register_runtime(app: Flask, runtime: Runtime) -> None:
+    """Make ``runtime`` the one :func:`runtime_of` finds for ``app``."""
+    _runtimes[app] = runtime
 
 
 def send(app: Flask, store: TaskStore, backend: Backend, message: TaskMessage) -> TaskResult[t.Any]:

@@ -33,11 +33,13 @@ def shown_url(url: str) -> str:
 
 
 def _without_password(text: str, url: str) -> str:
+    """An error's text, without the password and the final period (the
+    message that quotes it goes on)."""
     password = urllib.parse.urlsplit(url).password
     if password:
         text = text.replace(password, "***")
         text = text.replace(urllib.parse.quote(password, safe=""), "***")
-    return text
+    return text.rstrip(".")
 
 
 def import_redis() -> t.Any:
@@ -105,9 +107,17 @@ def unavailable_as(url: str, doing: str) -> t.Iterator[None]:
     """Turn a lost connection into :class:`StoreUnavailable` (a 503 over
     HTTP), saying what could not be done."""
     redis = import_redis()
+    exceptions = redis.exceptions
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (
+        exceptions.ConnectionError,
+        exceptions.TimeoutError,
+        # A Redis that is full (maxmemory with noeviction), or a replica
+        # that can't be written: unavailable for writes, not a bug.
+        exceptions.OutOfMemoryError,
+        exceptions.ReadOnlyError,
+    ) as exc:
         raise StoreUnavailable(
             f"Redis at {shown_url(url)} is unavailable, so the task store could not"
             f" {doing} ({type(exc).__name__}: {_without_password(str(exc), url)})."

@@ -84,11 +84,8 @@ class TaskResult(LazyFuture[R]):
     def from_record(
         cls, store: TaskStore, record: TaskRecord, stop: t.Callable[[str], None] | None = None
     ) -> TaskResult[t.Any]:
-        """A handle that reads ``store``, starting from ``record``.
-
-        :param stop: Ends the running task by force, by id, for
-            ``cancel(force=True)``: an engine's forking worker can.
-        """
+        """A handle that reads ``store``, starting from ``record``; ``stop``
+        ends the running task by id for ``cancel(force=True)``, if it can."""
         return cls(store=store, record=record, stop=stop)
 
     # -- what it is ---------------------------------------------------------
@@ -260,12 +257,10 @@ class TaskResult(LazyFuture[R]):
         finished task is left as it is. A task of another process is
         cancelled through the store, the same way.
 
-        :param force: For a running task on a process pool of this process:
-            kill its child process at once, and end the task as cancelled
-            (the pool starts a new child). On the RQ backend, the same for a
-            task that a forking worker (``flask bgtasks worker --fork``)
-            runs. A thread can't be killed, so a thread task is only asked,
-            as without ``force``.
+        :param force: For a running task on a process pool, or on an RQ
+            worker that forks (``--fork``): kill the process that runs it
+            at once, and end the task as cancelled. A thread can't be
+            killed: a thread task is only asked, as without ``force``.
         """
         execution = self._execution
         if execution is None:

@@ -19,7 +19,7 @@ import weakref
 from . import signals
 from ._admission import Admission
 from ._context import check_not_forking_per_request, is_reloader_watcher
-from ._engine import missing_task, send
+from ._engine import missing_task, register_runtime, send
 from ._errors import QueueFull, ShutdownError, StoreUnavailable, UsageError
 from ._execution import Execution
 from ._message import NO_KWARGS, TaskMessage, new_id
@@ -43,22 +43,6 @@ if t.TYPE_CHECKING:
     from .stores import TaskStore
 
 logger = logging.getLogger("flask_bgtasks")
-
-# The runtime of each app, for an engine's worker, which finds it by app.
-_runtimes: weakref.WeakKeyDictionary[Flask, Runtime] = weakref.WeakKeyDictionary()
-
-
-def runtime_of(app: Flask) -> Runtime:
-    """The runtime of an app registered with a BGTasks instance.
-
-    :raises UsageError: If there is none.
-    """
-    try:
-        return _runtimes[app]
-    except KeyError:
-        raise UsageError(
-            f"The app {app.name!r} is not registered with Flask-BGTasks; did you call init_app()?"
-        ) from None
 
 
 class Runtime(ProcessLocal):
@@ -115,7 +99,7 @@ class Runtime(ProcessLocal):
         #: Whether the on_shutdown hooks ran for this app.
         self.hooks_ran = False
         super().__init__()
-        _runtimes[app] = self
+        register_runtime(app, self)
 
     def _init_state(self) -> None:
         # This process's unfinished tasks, by id. A forked child starts

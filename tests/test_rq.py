@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+import time
 import typing as t
 from pathlib import Path
 
@@ -172,6 +173,32 @@ def test_a_running_task_is_asked_to_stop(engine: t.Any, redis_url: str, tmp_path
         assert process.wait_exit(30) == 0
     # The worker ran the app's on_shutdown hooks as it exited.
     assert (tmp_path / f"shutdown-{process.process.pid}").read_text() == "engineapp"
+
+
+@pytest.mark.timeout(60)
+def test_a_cold_shutdown_releases_a_durable_task_to_another_worker(
+    engine: t.Any, redis_url: str, tmp_path: Path
+) -> None:
+    with worker(redis_url, tmp_path) as first:
+        with engine.app.app_context():
+            lasting = engine.lasting.submit("lasting-gate")
+        wait_for(lambda: record(engine, lasting.id).progress is not None, 30, "the task to run")
+        first.signal(signal.SIGTERM)
+        first.wait_output("warm shut down requested")
+        # RQ ignores a second signal within a second of the first.
+        since = time.monotonic()
+        wait_for(lambda: time.monotonic() - since > 1.2, 5, "RQ's second to pass")
+        first.signal(signal.SIGTERM)
+        first.wait_exit(30)
+        assert "cold shut down" in first.output
+    released = record(engine, lasting.id)
+    assert (released.status, released.errors) == (TaskStatus.QUEUED, [])
+    (tmp_path / "lasting-gate").touch()
+    with worker(redis_url, tmp_path) as second:
+        wait_status(engine, lasting.id, TaskStatus.SUCCEEDED)
+        assert record(engine, lasting.id).attempt == 2
+        second.signal(signal.SIGTERM)
+        assert second.wait_exit(30) == 0
 
 
 @pytest.mark.timeout(60)

@@ -42,6 +42,10 @@ class WorkerSide(t.Protocol):
     def perform(self, data: str | bytes) -> None:
         """Run, in this thread, a message the worker received as JSON."""
 
+    def interrupt(self) -> object:
+        """The worker stops now, without waiting for its running task: end
+        it, releasing a durable one to run again elsewhere."""
+
     def abandoned(self, data: str | bytes, pid: int) -> None:
         """The process ``pid`` that ran this message is gone: if it left the
         task unfinished, its record is dealt with now."""

@@ -46,8 +46,8 @@ def perform_job(data: str) -> None:
 
 def _side_from_environment() -> WorkerSide:
     """For ``rq worker -w``: build the app that BGTASKS_APP names."""
+    from .._engine import runtime_of
     from .._imports import load_app
-    from .._runtime import runtime_of
 
     app_import = os.environ.get("BGTASKS_APP") or os.environ.get("FLASK_APP")
     if not app_import:
@@ -103,6 +103,18 @@ class _BGTasksWorker:
             daemon=True,
             exception_handler=self._pubsub_exception_handler,  # type: ignore[attr-defined]
         )
+
+    def request_force_stop(self, signum: int, frame: object) -> None:
+        # A second SIGTERM or Ctrl-C: RQ raises SystemExit inside the running
+        # task. The task is ended first, as at a shutdown deadline: a durable
+        # one is released, to run again on another worker, rather than fail
+        # with SystemExit.
+        try:
+            super().request_force_stop(signum, frame)  # type: ignore[misc]
+        except SystemExit:
+            if _side is not None:
+                _side.interrupt()
+            raise
 
     def request_stop(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -122,8 +122,9 @@ return 'cancelled'
 #: The tasks whose lease ended (their process died, or released them):
 #: those someone asked to stop are cancelled, the others that are not
 #: durable fail with ``TaskLost``, and the durable ones this process can run
-#: are taken over: held by it, queued, with a new lease. KEYS: hash of a
-#: placeholder (unused), index, finished, leases. ARGV: now, owner,
+#: are taken over: held by it, queued, with a new lease. KEYS: a key under
+#: the prefix (the script sets it to each task's hash in turn), index,
+#: finished, leases. ARGV: now, owner,
 #: lease_until, batch, prefix, ttl_ms, max_results, then the names of the
 #: durable tasks this process can run. Returns ``{taken ids, lost ids}``.
 TAKE_OVER = (

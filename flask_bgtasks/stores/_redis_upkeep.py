@@ -103,7 +103,9 @@ class Upkeep:
                 scripts.redis.zadd(scripts.leases, dict.fromkeys(held, now + self._lease), xx=True)
         taken, lost = scripts.run(
             "take_over",
-            ["", *scripts.sets()],
+            # The first key is the script's own, set per task: a key under
+            # the prefix stands in, so that a Redis ACL limited to it allows it.
+            [scripts.key(""), *scripts.sets()],
             [
                 repr(now),
                 self._process,

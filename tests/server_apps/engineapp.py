@@ -61,6 +61,8 @@ def ignore_requests(name: str) -> str:
 stuck = bg.task(timeout=1, name="stuck")(ignore_requests)
 #: Only a forced cancel ends it.
 deaf = bg.task(name="deaf")(ignore_requests)
+#: Durable: runs again if its worker stops before it ends.
+lasting = bg.task(name="lasting", durable=True)(ignore_requests)
 
 
 @bg.task(pool="reports")
