@@ -234,7 +234,10 @@ class ChildWorker:
                 return self._lost(execution)
             if news[0] == "idle":
                 return None
-            self._apply(conn, execution, news)
+            try:
+                self._apply(conn, execution, news)
+            except OSError:  # it died before it read the answer to its question
+                return self._lost(execution)
 
     def _apply(self, conn: Connection, execution: Execution, news: tuple[t.Any, ...]) -> None:
         kind = news[0]

@@ -90,7 +90,11 @@ def test_a_task_is_recorded_started_and_finished(store: RedisStore) -> None:
     store.finished(done, {"total": 3})
     record = store.record(queued.message.id)
     assert record is not None
-    assert (record.status, record.result, record.done()) == (TaskStatus.SUCCEEDED, {"total": 3}, True)
+    assert (record.status, record.result, record.done()) == (
+        TaskStatus.SUCCEEDED,
+        {"total": 3},
+        True,
+    )
     assert record.finished_at is not None and record.started_at is not None
     assert len(store) == 1
     assert [found.id for found in store.records()] == [queued.message.id]
@@ -226,6 +230,7 @@ def test_the_durable_tasks_of_a_dead_process_are_taken_over(redis_url: str) -> N
             return True
 
         live.activate(recover, lambda: ["durable-job"])
+
         # The dead process's leases end 0.05 s after they were written.
         def taken_over() -> bool:
             live.upkeep()
@@ -304,3 +309,48 @@ def test_redis_away_then_back(tmp_path: Path, bg: BGTasks) -> None:
             assert len(bg.store()) == 0
             assert double.submit(3).result(10) == 6
             assert len(bg.store()) == 1
+
+
+def test_a_task_taken_over_for_an_engine_may_start_before_it_is_handed_over(
+    redis_url: str,
+) -> None:
+    """A worker can start a re-queued task while the process that took it
+    over has not returned from queueing it: the worker's start must win,
+    and the task must keep the worker's lease."""
+    dead = make_store(redis_url, process="dead", lease=0.05, engine=True)
+    taker = make_store(redis_url, process="taker", engine=True)
+    worker = make_store(redis_url, process="worker", engine=True)
+    try:
+        durable = snapshot("durable-job", durable=True)
+        dead.add(durable)
+        dead.started(durable._replace(status=TaskStatus.RUNNING, attempt=1, started_at=1.0))
+        started = []
+
+        def recover(record: t.Any) -> bool:
+            # Queued in the engine, and a worker starts it at once.
+            again = durable._replace(status=TaskStatus.RUNNING, attempt=2, started_at=1.0)
+            started.append(worker.started(again))
+            return True
+
+        taker.activate(recover, lambda: ["durable-job"])
+
+        def taken_over() -> bool:
+            taker.upkeep()
+            return bool(started)
+
+        wait_for(taken_over, 10, "the dead process's task to be taken over")
+        assert started == [True]
+        running = taker.record(durable.message.id)
+        assert running is not None
+        assert (running.status, running.process, running.attempt) == (
+            TaskStatus.RUNNING,
+            "worker",
+            2,
+        )
+        # Still leased by the worker: the next rounds leave it alone.
+        taker.upkeep()
+        record = taker.record(durable.message.id)
+        assert record is not None and record.process == "worker"
+    finally:
+        for store in (dead, taker, worker):
+            store.close()

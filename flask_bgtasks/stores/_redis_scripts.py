@@ -162,17 +162,24 @@ return {taken, lost}
 """
 )
 
-#: After a take-over: the task went to the engine's queue (``'engine'``:
-#: held by nobody, no lease), or could not be queued here (``'refused'``:
-#: held by nobody, lease ended, for another process). KEYS: hash, leases.
-#: ARGV: id, owner, how.
+#: A task taken over goes on. ``'release'``: this process can't queue it,
+#: so it is held by nobody, with an ended lease, for another process.
+#: ``'engine'``, before it is queued in the engine: held by nobody (a worker
+#: may start it at once), but its lease goes on, in case this process dies
+#: before the message is queued. ``'queued'``, after: the engine's queue
+#: holds it, so the lease goes, unless a worker has started it meanwhile.
+#: KEYS: hash, leases. ARGV: id, owner, how, lease_until.
 HAND_OVER = """
-local f = redis.call('HMGET', KEYS[1], 'owner', 'finished_at')
-if f[1] ~= ARGV[2] or f[2] ~= '' then return 0 end
-redis.call('HSET', KEYS[1], 'owner', '')
-if ARGV[3] == 'engine' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-else
+local f = redis.call('HMGET', KEYS[1], 'owner', 'finished_at', 'status')
+if f[2] ~= '' then return 0 end
+local unheld = f[1] == '' and f[3] == 'queued'
+if ARGV[3] == 'queued' then
+  if unheld then redis.call('ZREM', KEYS[2], ARGV[1]) end
+elseif ARGV[3] == 'engine' and f[1] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'owner', '')
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+elseif ARGV[3] == 'release' and (f[1] == ARGV[2] or unheld) then
+  redis.call('HSET', KEYS[1], 'owner', '')
   redis.call('ZADD', KEYS[2], 0, ARGV[1])
 end
 return 1

@@ -137,15 +137,23 @@ class Upkeep:
             task_id,
             record.attempt + 1,
         )
-        if not self._engine:
-            self._held.add(task_id)  # held here before it can run, and end
-        queued = self._recover(record)
-        if queued and not self._engine:
+        if self._engine:
+            # Held by nobody before it is queued, since a worker may start it
+            # at once, and must find no other process holding it.
+            self._hand_over(task_id, "engine")
+            queued = self._recover(record)
+            self._hand_over(task_id, "queued" if queued else "release")
             return
-        self._held.discard(task_id)
+        self._held.add(task_id)  # held here before it can run, and end
+        if not self._recover(record):
+            self._held.discard(task_id)
+            self._hand_over(task_id, "release")
+
+    def _hand_over(self, task_id: str, how: str) -> None:
+        scripts = self._scripts
         scripts.run(
             "hand_over",
             [scripts.key(task_id), scripts.leases],
-            [task_id, self._process, "engine" if queued else "refused"],
+            [task_id, self._process, how, time.time() + self._lease],
             "hand the task over",
         )
