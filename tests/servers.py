@@ -40,6 +40,16 @@ def thread_count(pid: int) -> int | None:
     return int(match[1]) if match else None
 
 
+def gone(pid: int) -> bool:
+    """``True`` once the process is dead: reaped, or a zombie (a process
+    whose parent died may be reparented to an init that never reaps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 def wait_for(condition: t.Callable[[], object], timeout: float, what: str) -> None:
     """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -130,6 +140,11 @@ class Server:
         status, body, _ = self.request(f"/tasks?seconds={seconds}&count={count}", "POST")
         assert status == 200, body
         return list(body["ids"]), int(body["pid"])
+
+    def children(self) -> set[int]:
+        """The pids of the process's children, such as a Gunicorn master's workers."""
+        listed = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return {int(child) for child in listed.read_text().split()}
 
     def wait_output(self, text: str, timeout: float = 30) -> None:
         wait_for(

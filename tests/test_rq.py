@@ -61,6 +61,14 @@ def worker(
     return Server(command, cwd=folder, env=settings)
 
 
+def run_burst(redis_url: str, tmp_path: Path, *options: str) -> Server:
+    """Run ``flask bgtasks worker --burst`` until it served every job of its
+    queues and exited with 0; return its (ended) process."""
+    with worker(redis_url, tmp_path, "--burst", *options) as process:
+        assert process.wait_exit(45) == 0
+    return process
+
+
 def record(engine: t.Any, task_id: str) -> TaskRecord:
     with engine.app.app_context():
         found = engine.bg.store().record(task_id)
@@ -80,8 +88,7 @@ def test_the_same_task_code_runs_on_a_worker(engine: t.Any, redis_url: str, tmp_
         assert added.status is TaskStatus.QUEUED
         with pytest.raises(TypeError, match="result"):
             added.add_done_callback(print)
-    with worker(redis_url, tmp_path, "--burst") as process:
-        assert process.wait_exit(45) == 0
+    process = run_burst(redis_url, tmp_path)
     with engine.app.app_context():
         assert added.result(5) == 5
         assert flaky.result(5) == 2
@@ -113,8 +120,7 @@ def test_pools_are_queues_and_a_worker_serves_the_ones_it_is_given(
         assert Job.fetch(added.id, connection=client).timeout == 3600
     finally:
         client.close()
-    with worker(redis_url, tmp_path, "--burst", "--pool", "reports") as process:
-        assert process.wait_exit(45) == 0
+    run_burst(redis_url, tmp_path, "--pool", "reports")
     assert record(engine, report.id).status is TaskStatus.SUCCEEDED
     assert record(engine, added.id).status is TaskStatus.QUEUED
     # RQ's own command, with the worker class we provide, serves the rest.
@@ -148,8 +154,7 @@ def test_a_task_cancelled_while_queued_never_runs(
         after = engine.add.submit(1, 1)
         assert waiting.cancel() is True
         assert engine.bg.cancel(waiting.id) is True  # and again: still cancelled
-    with worker(redis_url, tmp_path, "--burst") as process:
-        assert process.wait_exit(45) == 0
+    run_burst(redis_url, tmp_path)
     cancelled = record(engine, waiting.id)
     assert (cancelled.status, cancelled.attempt, cancelled.started_at) == (
         TaskStatus.CANCELLED,
@@ -226,10 +231,9 @@ def test_the_hard_limit_frees_a_worker_from_a_task_that_ignores_its_timeout(
     with engine.app.app_context():
         stuck = engine.stuck.submit("never-opened")
         after = engine.add.submit(3, 4)
-    with worker(redis_url, tmp_path, "--burst") as process:
-        # One worker: the second task runs only once RQ's hard limit (the
-        # timeout, 1 s, plus the grace) ended the first.
-        assert process.wait_exit(45) == 0
+    # One worker: the second task runs only once RQ's hard limit (the
+    # timeout, 1 s, plus the grace) ended the first.
+    run_burst(redis_url, tmp_path)
     timed_out = record(engine, stuck.id)
     assert timed_out.status is TaskStatus.FAILED
     assert timed_out.errors[-1]["type"] == "flask_bgtasks.TaskTimeout"
@@ -243,8 +247,7 @@ def test_what_a_worker_can_not_run_fails_saying_why(
     with engine.app.app_context():
         not_json = engine.returns_set.submit()
         undeclared = engine.web_only.submit()
-    with worker(redis_url, tmp_path, "--burst") as process:
-        assert process.wait_exit(45) == 0
+    run_burst(redis_url, tmp_path)
     with engine.app.app_context(), pytest.raises(TaskFailed, match="which is not JSON"):
         not_json.result(5)
     error = record(engine, undeclared.id).error
@@ -264,8 +267,7 @@ def test_a_worker_runs_no_job_but_ours(engine: t.Any, redis_url: str, tmp_path: 
     try:
         queue = Queue("bgtasks.default", connection=connection, serializer=JSONSerializer)
         job = queue.enqueue("os.remove", str(victim))
-        with worker(redis_url, tmp_path, "--burst") as process:
-            assert process.wait_exit(45) == 0
+        process = run_burst(redis_url, tmp_path)
         assert victim.read_text() == "still here"
         assert job.id in FailedJobRegistry(queue=queue).get_job_ids()
         assert "refused job" in process.output

@@ -29,15 +29,14 @@ gunicorn_package = pytest.importorskip("gunicorn")
 pytest.importorskip("rq")
 
 from tests.redis_server import RedisServer
-from tests.servers import BIN, Server, wait_for
+from tests.server_apps.traces import Events, events_by_task, markers, starts
+from tests.server_lookups import CLIENTS, Answer, look_up, look_up_all, post, wait_until_done
+from tests.servers import BIN, Server, gone, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 # Gunicorn 25.1 and later open a control socket that servers started side by
 # side would fight over (see test_server_gunicorn.py).
 NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
-#: Lookups in flight at once, so that busy sync workers leave requests to
-#: the others and several processes answer.
-CLIENTS = 4
 #: The longest any test waits for its tasks to end.
 DEADLINE = 60
 #: The longest a worker may take to exit once asked to and its task ended.
@@ -49,8 +48,6 @@ WARM_SHUTDOWN = "warm shut down requested"
 #: Words of the library's log line when it takes a task over.
 TAKEN_OVER = "left unfinished"
 HOST = socket.gethostname()
-
-Answer = dict[str, t.Any]
 
 
 class Cluster:
@@ -109,20 +106,12 @@ class Cluster:
     def open_gate(self) -> None:
         (self.world / "gate").touch()
 
-    def events(self) -> dict[str, list[tuple[str, int, int]]]:
+    def events(self) -> dict[str, Events]:
         """(event, pid, attempt) of each task, in the order they happened."""
-        events = collections.defaultdict(list)
-        try:
-            with open(self.world / "attempts.log") as f:
-                for line in f:
-                    event, task_id, pid, attempt = line.split()
-                    events[task_id].append((event, int(pid), int(attempt)))
-        except FileNotFoundError:
-            pass
-        return events
+        return events_by_task(self.world)
 
     def markers(self) -> list[str]:
-        return sorted(os.listdir(self.world / "effects"))
+        return markers(self.world)
 
     def __enter__(self) -> Cluster:
         return self
@@ -137,58 +126,11 @@ def cluster(tmp_path: Path, redis_url: str) -> t.Iterator[Cluster]:
         yield cluster
 
 
-def post(server: Server, path: str) -> tuple[list[str], int]:
-    """Submit tasks; return their ids and the pid of the web worker that took them."""
-    status, body, _ = server.request(path, "POST")
-    assert status == 200, body
-    return list(body["ids"]), int(body["pid"])
-
-
-def look_up(server: Server, task_id: str, query: str = "") -> Answer:
-    """What the status API says of the task, never a 404, with the pid of
-    the web worker that answered as ``served_by``."""
-    status, body, headers = server.request(f"/tasks/{task_id}{query}")
-    assert status == 200, f"The lookup of task {task_id} answered {status}: {body}"
-    assert body["id"] == task_id, body
-    return {**body, "served_by": int(headers["X-Served-By"])}
-
-
-def look_up_all(server: Server, clients: ThreadPoolExecutor, ids: t.Iterable[str]) -> list[Answer]:
-    return list(clients.map(lambda task_id: look_up(server, task_id), ids))
-
-
-def wait_until_done(
-    server: Server, ids: t.Collection[str], answers: list[Answer] | None = None
-) -> dict[str, Answer]:
-    """Look every unfinished task up, round after round, until all are
-    done; return the answer that saw each one done. Every answer is also
-    appended to ``answers``."""
-    final: dict[str, Answer] = {}
-    with ThreadPoolExecutor(CLIENTS) as clients:
-
-        def all_done() -> bool:
-            for answer in look_up_all(server, clients, sorted(set(ids) - final.keys())):
-                if answers is not None:
-                    answers.append(answer)
-                if answer["status"] in ("succeeded", "failed", "cancelled"):
-                    final[answer["id"]] = answer
-            return len(final) == len(ids)
-
-        wait_for(all_done, DEADLINE, f"{len(ids)} tasks to end:\n{server.output}")
-    return final
-
-
 def process_of(server: Server, task_id: str) -> str:
     """``record.process`` of the task: the worker that runs or ran it."""
     status, body, _ = server.request(f"/process/{task_id}")
     assert status == 200, body
     return str(body["process"])
-
-
-def children_of(server: Server) -> set[int]:
-    """The children of the Gunicorn master, or of the worker command."""
-    listed = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return {int(pid) for pid in listed.read_text().split()}
 
 
 def exit_code(worker: Server) -> int:
@@ -199,15 +141,6 @@ def exit_code(worker: Server) -> int:
     return worker.wait_exit(EXIT_DEADLINE)
 
 
-def gone(pid: int) -> bool:
-    """``True`` once the process is dead: reaped, or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
 def group_empty(pgid: int) -> bool:
     """Whether no process is left in the process group."""
     try:
@@ -215,10 +148,6 @@ def group_empty(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-def starts(events: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
-    return [(pid, attempt) for event, pid, attempt in events if event == "started"]
 
 
 def started_by(cluster: Cluster, count: int) -> dict[str, int]:
@@ -261,11 +190,11 @@ def test_any_web_worker_reads_what_any_worker_ran(cluster: Cluster) -> None:
         for n, task_id in zip(range(start, start + 10), ids, strict=True)
     }
     assert len(tasks) == 200
-    servers = children_of(web)
+    servers = web.children()
     assert {pid for _, pid in submitted[:2]} == servers, submitted
 
     answers: list[Answer] = []
-    final = wait_until_done(web, tasks, answers)
+    final = wait_until_done(web, tasks, answers, deadline=DEADLINE)
     with ThreadPoolExecutor(CLIENTS) as clients:
         # Once more, every finished record from any web worker; then 2
         # lookups that meet, so each web worker answers one.
@@ -280,7 +209,7 @@ def test_any_web_worker_reads_what_any_worker_ran(cluster: Cluster) -> None:
     assert {answer["served_by"] for answer in met} == servers, met
     answers += met
     assert {answer["served_by"] for answer in answers} == servers
-    assert children_of(web) == servers  # no web worker died
+    assert web.children() == servers  # no web worker died
 
     for answer in answers:  # nothing lost, nothing from elsewhere
         assert answer["status"] in ("queued", "running", "succeeded"), answer
@@ -325,7 +254,7 @@ def test_durable_tasks_of_a_killed_worker_run_on_the_other(cluster: Cluster) -> 
         f"task {killed} to be taken over:\n{rescuer.output}{web.output}",
     )
     cluster.open_gate()
-    final = wait_until_done(web, ids)
+    final = wait_until_done(web, ids, deadline=DEADLINE)
     with ThreadPoolExecutor(CLIENTS) as clients:
         processes = dict(zip(ids, clients.map(lambda i: process_of(web, i), ids)))
     output = rescuer.output + web.output
@@ -372,7 +301,7 @@ def test_redis_restarts_under_running_servers(tmp_path: Path, appendonly: bool) 
         web = cluster.web(workers=2)
         worker = cluster.worker()
         before, _ = post(web, "/squares?start=0&count=5")
-        wait_until_done(web, before)
+        wait_until_done(web, before, deadline=DEADLINE)
 
         server.stop()
         # Each web worker, while Redis is away: 503 to a submit, and to a lookup.
@@ -384,7 +313,7 @@ def test_redis_restarts_under_running_servers(tmp_path: Path, appendonly: bool) 
                     [100, 101],
                 )
             )
-        assert {int(headers["X-Served-By"]) for _, _, headers in refused} == children_of(web)
+        assert {int(headers["X-Served-By"]) for _, _, headers in refused} == web.children()
         for status, body, headers in refused:
             assert status == 503 and "Retry-After" in headers, (status, body)
         assert web.request(f"/tasks/{before[0]}")[0] == 503
@@ -405,9 +334,9 @@ def test_redis_restarts_under_running_servers(tmp_path: Path, appendonly: bool) 
             submitted = list(
                 clients.map(lambda start: post(web, f"/squares?start={start}&count=5{up}"), [0, 5])
             )
-        assert {pid for _, pid in submitted} == children_of(web)
+        assert {pid for _, pid in submitted} == web.children()
         after = [task_id for ids, _ in submitted for task_id in ids]
-        final = wait_until_done(web, after)
+        final = wait_until_done(web, after, deadline=DEADLINE)
         assert {a["status"] for a in final.values()} == {"succeeded"}, final
         assert {process_of(web, task_id) for task_id in after} == {f"{HOST}:{worker.process.pid}"}
         old = web.request(f"/tasks/{before[0]}")
@@ -454,7 +383,7 @@ def test_worker_command_with_two_processes_stops_both(cluster: Cluster) -> None:
     exits with 0 once both did, leaving no process."""
     web = cluster.web(workers=1)
     command = cluster.worker("--processes", "2", listening=2)
-    workers = children_of(command)
+    workers = command.children()
     assert len(workers) == 2, workers
     ids, _ = post(web, "/jobs?count=2")
     running = started_by(cluster, 2)  # held by the gate, one per worker
@@ -466,7 +395,7 @@ def test_worker_command_with_two_processes_stops_both(cluster: Cluster) -> None:
         10,
         f"both workers to be asked to stop:\n{command.output}",
     )
-    assert command.process.poll() is None and children_of(command) == workers
+    assert command.process.poll() is None and command.children() == workers
     cluster.open_gate()
     assert exit_code(command) == 0, command.output
     wait_for(lambda: all(map(gone, workers)), 10, f"the workers {workers} to end")

@@ -12,10 +12,8 @@ and leave their side effect as a marker file named after the task id (see
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
-import typing as t
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,16 +21,14 @@ import pytest
 
 gunicorn_package = pytest.importorskip("gunicorn")
 
-from tests.server_apps.storeapp import read_attempts
-from tests.servers import BIN, Server, wait_for
+from tests.server_apps.traces import events_by_task, markers, read_attempts, starts
+from tests.server_lookups import CLIENTS, Answer, look_up, look_up_all, post, wait_until_done
+from tests.servers import BIN, Server, gone, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 # Gunicorn 25.1 and later open a control socket that servers started side by
 # side would fight over (see test_server_gunicorn.py).
 NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
-#: Lookups in flight at once, so that busy sync workers leave requests to
-#: the others and several processes answer.
-CLIENTS = 4
 #: The longest any test waits for its tasks to end.
 DEADLINE = 30
 
@@ -40,8 +36,6 @@ DEADLINE = 30
 TAKEN_OVER = "left unfinished"
 TAKEN_QUEUED = "left queued"
 LOST = "was lost"
-
-Answer = dict[str, t.Any]
 
 
 def gunicorn(*options: str) -> list[str]:
@@ -67,46 +61,6 @@ def store_env(folder: Path, max_workers: int) -> dict[str, str]:
     }
 
 
-def post(server: Server, path: str) -> tuple[list[str], int]:
-    """Submit tasks; return their ids and the pid of the worker that took them."""
-    status, body, _ = server.request(path, "POST")
-    assert status == 200, body
-    return list(body["ids"]), int(body["pid"])
-
-
-def look_up(server: Server, task_id: str, query: str = "") -> Answer:
-    """Ask whichever worker answers for the task's record; never a 404."""
-    status, body, _ = server.request(f"/tasks/{task_id}{query}")
-    assert status == 200, f"The lookup of task {task_id} answered {status}: {body}"
-    assert body["id"] == task_id and body["stored_type"] == "TaskResult", body
-    return t.cast(Answer, body)
-
-
-def look_up_all(server: Server, clients: ThreadPoolExecutor, ids: t.Iterable[str]) -> list[Answer]:
-    return list(clients.map(lambda task_id: look_up(server, task_id), ids))
-
-
-def wait_until_done(
-    server: Server, ids: t.Collection[str], answers: list[Answer] | None = None
-) -> dict[str, Answer]:
-    """Look every unfinished task up, round after round, until all are
-    done; return the answer that saw each one done. Every answer is also
-    appended to ``answers``."""
-    final: dict[str, Answer] = {}
-    with ThreadPoolExecutor(CLIENTS) as clients:
-
-        def all_done() -> bool:
-            for answer in look_up_all(server, clients, sorted(set(ids) - final.keys())):
-                if answers is not None:
-                    answers.append(answer)
-                if answer["status"] in ("succeeded", "failed", "cancelled"):
-                    final[answer["id"]] = answer
-            return len(final) == len(ids)
-
-        wait_for(all_done, DEADLINE, f"{len(ids)} tasks to end:\n{server.output}")
-    return final
-
-
 def logged(output: str, task_id: str, *words: str) -> bool:
     """Whether a line of ``output`` names the task and has all ``words``."""
     return any(
@@ -115,41 +69,9 @@ def logged(output: str, task_id: str, *words: str) -> bool:
     )
 
 
-def gone(pid: int) -> bool:
-    """``True`` once the process is dead: reaped, or a zombie (a process
-    whose parent died may be reparented to an init that never reaps)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
-def worker_pids(server: Server) -> list[int]:
-    """The children of the Gunicorn master."""
-    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-    return [int(pid) for pid in children.read_text().split()]
-
-
-def events_by_task(folder: Path) -> dict[str, list[tuple[str, int, int]]]:
-    """(event, pid, attempt) of each task, in the order they happened."""
-    events = collections.defaultdict(list)
-    for event, task_id, pid, attempt in read_attempts(folder):
-        events[task_id].append((event, pid, attempt))
-    return events
-
-
-def starts(events: list[tuple[str, int, int]]) -> list[tuple[int, int]]:
-    return [(pid, attempt) for event, pid, attempt in events if event == "started"]
-
-
 def effects(events: list[tuple[str, int, int]]) -> list[int]:
     """The pids that made the side effect (first time, for the task id)."""
     return [pid for event, pid, _ in events if event == "effect"]
-
-
-def markers(folder: Path) -> list[str]:
-    return sorted(os.listdir(folder / "effects"))
 
 
 @pytest.mark.timeout(90)
@@ -181,7 +103,7 @@ def test_any_worker_reads_any_task(tmp_path: Path) -> None:
         assert len(workers) == 4, submitted
 
         answers: list[Answer] = []
-        final = wait_until_done(server, tasks, answers)
+        final = wait_until_done(server, tasks, answers, deadline=DEADLINE)
         # Once more, every finished record from any worker; then 4 lookups
         # of one worker's tasks that meet at a rendezvous, so 4 workers
         # answer and 3 of them did not run the task they answer for.
@@ -194,7 +116,7 @@ def test_any_worker_reads_any_task(tmp_path: Path) -> None:
                     ids[:4],
                 )
             )
-        assert set(worker_pids(server)) == workers  # no worker died
+        assert server.children() == workers  # no worker died
         output = server.output
 
     assert {answer["pid"] for answer in met} == workers, met
@@ -209,7 +131,9 @@ def test_any_worker_reads_any_task(tmp_path: Path) -> None:
     assert {answer["pid"] for answer in answers} == workers
 
     for answer in answers:
-        # Non-durable tasks on live workers: none may be taken for lost.
+        # Read from the store; non-durable tasks on live workers: none may
+        # be taken for lost.
+        assert answer["stored_type"] == "TaskResult", answer
         assert answer["status"] in ("queued", "running", "succeeded"), answer
         assert answer["owner_pid"] == tasks[answer["id"]][1], answer
     for task_id, (n, _) in tasks.items():
@@ -229,14 +153,14 @@ def test_durable_tasks_of_a_killed_worker_run_again_elsewhere(tmp_path: Path) ->
     with Server(gunicorn("-w", "3"), APPS, env) as server:
         server.wait_ready("/pid")
         ids, victim = post(server, "/jobs?kinds=" + ",".join(["durable"] * 5))
-        assert victim in worker_pids(server)
+        assert victim in server.children()
         two_running_three_queued(server, tmp_path, ids, victim)
 
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: gone(victim), 10, f"worker {victim} to die")
         (tmp_path / "gate").touch()  # the next attempts run through
-        final = wait_until_done(server, ids)
-        survivors = worker_pids(server)
+        final = wait_until_done(server, ids, deadline=DEADLINE)
+        survivors = server.children()
         output = server.output
 
     assert f"Worker (pid:{victim}) was sent SIGKILL" in output, output
@@ -260,6 +184,7 @@ def two_running_three_queued(server: Server, tmp_path: Path, ids: list[str], vic
         before = look_up_all(server, clients, ids)
     assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
     assert {a["owner_pid"] for a in before} == {victim}, before
+    assert {a["stored_type"] for a in before} == {"TaskResult"}, before
 
 
 def check_rescued(
@@ -302,7 +227,7 @@ def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
         first.wait_ready("/pid")
         ids, victim = post(first, "/jobs?kinds=" + ",".join(kinds))
         two_running_three_queued(first, tmp_path, ids, victim)
-        first_pids = [first.process.pid, *worker_pids(first)]
+        first_pids = [first.process.pid, *first.children()]
         first.stop()  # SIGKILL to the process group: no drain, no release
     wait_for(lambda: all(map(gone, first_pids)), 10, f"the processes {first_pids} to die")
     assert "Draining" not in first.output, first.output
@@ -310,8 +235,8 @@ def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
 
     with Server(gunicorn("-w", "2"), APPS, env) as second:
         second.wait_ready("/pid")  # the lookups start the upkeep of the workers
-        final = wait_until_done(second, ids)
-        rescuers = worker_pids(second)
+        final = wait_until_done(second, ids, deadline=DEADLINE)
+        rescuers = second.children()
         output = second.output
 
     events = events_by_task(tmp_path)

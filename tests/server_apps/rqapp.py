@@ -14,13 +14,9 @@ Settings come from environment variables:
     machines.
 ``TASK_DIR``
     Not the app's state but the test's instrument, the outside world that
-    the tasks act on: ``attempts.log`` gets one line per event, ``event id
-    pid attempt``, written with one ``O_APPEND`` write so that lines of
-    many processes never mix; ``effects/<id>.<attempt>`` is the side effect
-    of an attempt, made with ``O_EXCL`` so that a second run of the same
-    attempt shows; while the file ``gate`` does not exist, jobs wait before
-    their side effect. Requests meet at a rendezvous in
-    ``rendezvous/<name>/``, tasks in ``meet/``.
+    the tasks act on (see ``traces.py``): ``effects/<id>.<attempt>`` is the
+    side effect of an attempt, so that a second run of the same attempt
+    shows. Tasks meet in ``meet/``.
 
 Every answer says which process served it in the ``X-Served-By`` header.
 """
@@ -29,54 +25,18 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import typing as t
-from pathlib import Path
 
-from flask import Flask, Response, abort, request
+from flask import Flask, abort, request
 
 from flask_bgtasks import BGTasks, TaskRecord, current_task
 
+if __package__:  # imported as tests.server_apps.rqapp
+    from . import traces
+else:  # run by a server or a worker, with this folder on the path
+    import traces
+
 bg = BGTasks()
-
-#: How long a job waits for the gate, or a task for the other worker,
-#: before it gives up (and fails).
-GATE_TIMEOUT = 60.0
-#: How long a request waits at a rendezvous: less than the tests' HTTP
-#: timeout, so that they get the 504 that says who came.
-RENDEZVOUS_TIMEOUT = 8.0
-
-
-def task_dir() -> Path:
-    return Path(os.environ["TASK_DIR"])
-
-
-def log_event(event: str) -> None:
-    line = f"{event} {current_task.id} {os.getpid()} {current_task.attempt}\n".encode()
-    fd = os.open(task_dir() / "attempts.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, line)  # one small O_APPEND write: whole lines, any process
-    finally:
-        os.close(fd)
-
-
-def poll(condition: t.Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()  # never set: the polling interval
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Gave up waiting for {what}.")
-        pause.wait(0.02)
-
-
-def meet(name: str, count: int, timeout: float) -> list[str]:
-    """Hold until ``count`` processes came to the meeting ``name``; return
-    their pids."""
-    folder = task_dir() / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / str(os.getpid())).touch()
-    poll(lambda: len(os.listdir(folder)) >= count, timeout, f"{count} processes in {folder}")
-    return os.listdir(folder)
 
 
 @bg.authorize
@@ -90,7 +50,7 @@ def square(n: int, meet_workers: int = 0) -> dict[str, int]:
     ``meet_workers``, it first waits until that many worker processes run
     such a task: each of them then runs one."""
     if meet_workers:
-        meet("meet", meet_workers, GATE_TIMEOUT)
+        traces.meet("meet", meet_workers, traces.GATE_TIMEOUT)
     pause = threading.Event()  # never set: stands for work, not a wait
     for step in range(1, 4):
         pause.wait(0.002)
@@ -102,19 +62,9 @@ def square(n: int, meet_workers: int = 0) -> dict[str, int]:
 def durable_job(n: int) -> int:
     """Waits for the gate, then makes its side effect; survives the death
     of its worker."""
-    log_event("started")
-    current_task.set_progress(0, 1, "waiting for the gate")
-    poll((task_dir() / "gate").exists, GATE_TIMEOUT, "the test to create the gate")
-    marker = task_dir() / "effects" / f"{current_task.id}.{current_task.attempt}"
-    try:
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        log_event("effect-again")  # the same attempt ran twice: the test fails
-    else:
-        log_event("effect")
-    current_task.set_progress(1, 1, "done")
-    log_event("done")
-    return n + 1000
+    # Marked per attempt: an "effect-again" means that the same attempt ran
+    # twice, and the test fails.
+    return traces.gated_job(n, marker=f"{current_task.id}.{current_task.attempt}")
 
 
 def create_app() -> Flask:
@@ -128,25 +78,8 @@ def create_app() -> Flask:
     )
     bg.init_app(app)
 
-    @app.before_request
-    def rendezvous() -> None:
-        """With ``?rendezvous=NAME&processes=N``, hold the request until N
-        processes hold a request of that name. A sync worker serves one
-        request at a time, so the N requests are then served by N
-        different workers, whichever way the kernel hands out connections."""
-        name = request.args.get("rendezvous")
-        if name is None:
-            return
-        count = int(request.args["processes"])
-        try:
-            meet(f"rendezvous/{name}", count, RENDEZVOUS_TIMEOUT)
-        except TimeoutError:
-            abort(504, f"Not enough processes came to the rendezvous {name!r}.")
-
-    @app.after_request
-    def served_by(response: Response) -> Response:
-        response.headers["X-Served-By"] = str(os.getpid())
-        return response
+    app.before_request(traces.rendezvous)
+    app.after_request(traces.served_by)
 
     @app.post("/squares")
     def squares() -> dict[str, t.Any]:
