@@ -3,9 +3,11 @@ backend, runs it when the backend says so, and tells the store.
 
 One :class:`Runtime` per app. It owns this process's tasks of that app (the
 executions, by id), the durable policy, the recovery of durable tasks that a
-dead process left, and the store events. :class:`~flask_bgtasks.BGTasks`
-wires config to it; the shutdown procedure (:mod:`._shutdown`) takes it
-through its steps.
+dead process left, and the store events. What ``submit`` checks is in
+:mod:`._admission`; with an engine backend (RQ), the web side is in
+:mod:`._engine`, and an engine's worker runs what it receives through
+:meth:`Runtime.perform`. :class:`~flask_bgtasks.BGTasks` wires config to
+it; the shutdown procedure (:mod:`._shutdown`) takes it through its steps.
 """
 
 from __future__ import annotations
@@ -247,17 +249,13 @@ class Runtime(ProcessLocal):
             record.attempt,
             tuple(record.errors),
         )
-        if self.remote:
-            # Back to the engine's queue, for any of its workers.
-            try:
-                self.backend.submit(message)
-            except (ShutdownError, StoreUnavailable):
-                return False
-            return True
-        execution = Execution(message, task.fn, None, self.events, self._app())
         try:
-            self._accept(execution, recorded=True)
-        except (QueueFull, ShutdownError):
+            if self.remote:  # back to the engine's queue, for any of its workers
+                self.backend.submit(message)
+            else:
+                execution = Execution(message, task.fn, None, self.events, self._app())
+                self._accept(execution, recorded=True)
+        except (QueueFull, ShutdownError, StoreUnavailable):
             return False
         except UsageError:  # the task names a pool this app does not have
             logger.exception("Durable task %r (id %s) can't run here.", record.name, record.id)
