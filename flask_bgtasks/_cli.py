@@ -223,7 +223,8 @@ def cancel_command(task_id: str) -> None:
     store = _store()
     record = _record(store, task_id)
     if not record.done():
-        if store.cancel(task_id):
+        bg: BGTasks = current_app.extensions["bgtasks"]
+        if bg.cancel(task_id):
             click.echo("Cancelled (it was queued).")
             return
         # False: running, or it finished meanwhile. Only a task that was

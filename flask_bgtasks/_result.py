@@ -72,7 +72,7 @@ class TaskResult(LazyFuture[R]):
         *,
         store: TaskStore | None = None,
         record: TaskRecord | None = None,
-        stop: t.Callable[[str], None] | None = None,
+        stop: t.Callable[[str, bool], None] | None = None,
     ) -> None:
         super().__init__()
         self._execution = execution
@@ -82,10 +82,11 @@ class TaskResult(LazyFuture[R]):
 
     @classmethod
     def from_record(
-        cls, store: TaskStore, record: TaskRecord, stop: t.Callable[[str], None] | None = None
+        cls, store: TaskStore, record: TaskRecord, stop: t.Callable[[str, bool], None] | None = None
     ) -> TaskResult[t.Any]:
-        """A handle that reads ``store``, starting from ``record``; ``stop``
-        ends the running task by id for ``cancel(force=True)``, if it can."""
+        """A handle that reads ``store``, starting from ``record``; after a
+        cancel, ``stop(id, queued)`` takes the task out of an engine's queue,
+        or ends it by force for ``cancel(force=True)``, where it can."""
         return cls(store=store, record=record, stop=stop)
 
     # -- what it is ---------------------------------------------------------
@@ -267,8 +268,8 @@ class TaskResult(LazyFuture[R]):
             assert self._store is not None
             task_id = self._remote().id
             cancelled = self._store.cancel(task_id)
-            if force and not cancelled and self._stop is not None:
-                self._stop(task_id)
+            if self._stop is not None and (cancelled or force):
+                self._stop(task_id, cancelled)
             return cancelled
         if (
             execution.cancel_queued()

@@ -343,6 +343,9 @@ class Runtime(ProcessLocal):
         execution = self.executions.get(task_id)
         if execution is not None:
             return execution.handle.cancel()
+        if self.remote:  # the handle also takes it out of the engine's queue
+            handle = self.get(task_id)
+            return handle is not None and handle.cancel()
         return self.store.cancel(task_id)
 
     def unfinished(self) -> list[Execution]:

@@ -154,6 +154,15 @@ def test_a_task_cancelled_while_queued_never_runs(
         after = engine.add.submit(1, 1)
         assert waiting.cancel() is True
         assert engine.bg.cancel(waiting.id) is True  # and again: still cancelled
+    # The store decided; the job also left RQ's queue, as a courtesy.
+    import redis
+    from rq import Queue
+
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        assert Queue("bgtasks.default", connection=connection).job_ids == [after.id]
+    finally:
+        connection.close()
     run_burst(redis_url, tmp_path)
     cancelled = record(engine, waiting.id)
     assert (cancelled.status, cancelled.attempt, cancelled.started_at) == (

@@ -137,10 +137,11 @@ class Backend(abc.ABC):
             " processes (BGTASKS_BACKEND = 'threads'), so it needs no worker."
         )
 
-    def stop_task(self, task_id: str) -> None:
-        """End a running task of this engine by force, where its worker can
-        (one that forks a process per task); best effort, after the store
-        recorded the cancel. The default does nothing."""
+    def stop_task(self, task_id: str, queued: bool) -> None:
+        """After the store recorded a cancel (it decides): take a ``queued``
+        task out of the engine's queue, or end a running one by force where
+        its worker can (one that forks a process per task). Best effort;
+        the default does nothing."""
 
     def check_process(self) -> None:
         """This process submits for the first time (a forked child, say):

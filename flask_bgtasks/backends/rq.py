@@ -152,17 +152,21 @@ class RQBackend(Backend):
         except NoSuchJobError:
             pass
 
-    def stop_task(self, task_id: str) -> None:
-        """Ask the worker that runs the task to kill the process it runs it
-        in: a :class:`ForkWorker` does; a :class:`Worker` runs tasks in its
-        own process, which it can't kill, so there the cancel stays a
-        request."""
+    def stop_task(self, task_id: str, queued: bool) -> None:
+        """A queued task's job leaves RQ's queue (a worker that took it
+        already refuses it). For a running one, ask the worker to kill the
+        process it runs it in: a :class:`ForkWorker` does; a :class:`Worker`
+        runs tasks in its own process, which it can't kill, so there the
+        cancel stays a request."""
         from rq.command import send_stop_job_command
         from rq.exceptions import InvalidJobOperation, NoSuchJobError
 
         try:
-            with unavailable_as(self.url, "stop the task"):
-                send_stop_job_command(self.connection, task_id, serializer=self._serializer)
+            with unavailable_as(self.url, "take the task out of RQ"):
+                if queued:
+                    self._delete_job(task_id)
+                else:
+                    send_stop_job_command(self.connection, task_id, serializer=self._serializer)
         except (NoSuchJobError, InvalidJobOperation) as exc:
             logger.info("Task %s was not stopped by force: %s", task_id, exc)
 
