@@ -19,6 +19,7 @@ from ._message import NO_KWARGS, TaskMessage, check_json, check_pickle, json_rou
 
 if t.TYPE_CHECKING:
     from ._config import Config
+    from ._record import TaskRecord
     from ._task import Task
 
 
@@ -50,7 +51,11 @@ class Admission:
         self.process_pools = frozenset(process_pools)
 
     def admit(
-        self, task: Task[..., t.Any], args: tuple[t.Any, ...], kwargs: dict[str, t.Any]
+        self,
+        task: Task[..., t.Any],
+        args: tuple[t.Any, ...],
+        kwargs: dict[str, t.Any],
+        retry_of: str | None = None,
     ) -> tuple[TaskMessage, t.Callable[..., t.Any]]:
         """The message for a call of ``task``, and the function to run it
         with, once every check passed.
@@ -72,6 +77,7 @@ class Admission:
             options,
             durable,
             time.time(),
+            retry_of=retry_of,
         )
         if durable:
             self._check_durable(task)
@@ -123,3 +129,36 @@ class Admission:
                 f" copy_g), but it {where}, where no copy goes. Pass the values it"
                 " needs as arguments."
             )
+
+
+def retry_problem(
+    task_id: str, record: TaskRecord | None, tasks: t.Mapping[str, Task[..., t.Any]]
+) -> str | None:
+    """Why the task with this record can't run again, or ``None`` if it can:
+    it must have ended, be declared by name, with arguments the store kept."""
+    if record is None:
+        return f"No task with id {task_id} (unknown, or its record expired)."
+    name = record.name
+    if not record.done():
+        return (
+            f"Task {name!r} (id {task_id}) is still {record.status.value}: only a task"
+            " that has ended runs again. Cancel it first, or wait for it."
+        )
+    task = tasks.get(name)
+    if task is None:
+        return (
+            f"Task {name!r} (id {task_id}) is not declared with @bg.task on this app,"
+            " so it can't be found again by its name."
+        )
+    if task.options.captures:
+        return (
+            f"Task {name!r} copies the request or 'g' (copy_request, copy_g), which a"
+            " retry can't give it. Submit it again from a request."
+        )
+    if record.args is None or record.kwargs is None:
+        return (
+            f"The arguments of task {name!r} (id {task_id}) were not JSON, so its"
+            f" record kept only their repr, {record.args_repr}. Submit it again"
+            " with the values it needs."
+        )
+    return None

@@ -19,6 +19,7 @@ from ._shutdown import UNSET, ShutdownSummary, drain, drain_at_exit, keyword_arg
 from ._task import Task
 from ._uwsgi import check_uwsgi
 from ._waitress import check_waitress
+from ._web import WebMixin
 from .backends import backend_class
 from .stores import open_store
 
@@ -33,13 +34,11 @@ if t.TYPE_CHECKING:
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
 F = t.TypeVar("F", bound=t.Callable[[], object])
-A = t.TypeVar("A", bound=t.Callable[["TaskRecord"], bool])
-V = t.TypeVar("V", bound=t.Callable[..., t.Any])
 
 logger = logging.getLogger("flask_bgtasks")
 
 
-class BGTasks:
+class BGTasks(WebMixin):
     """Run functions in the background of a Flask app.
 
     .. code-block:: python
@@ -226,6 +225,20 @@ class BGTasks:
         """
         return self._runtime(get_app()).cancel(task_id)
 
+    def retry(self, task_id: str) -> TaskResult[t.Any]:
+        """Run a task that has ended (failed, cancelled, or succeeded) again:
+        a new task, with the same name and arguments, whose record's
+        ``retry_of`` is this id. Works from any process with a shared store.
+
+        :raises UsageError: If the task is unknown or unfinished, is not
+            declared with ``@bg.task``, copies the request, or its arguments
+            were not JSON (its record kept only their ``repr``).
+
+        .. versionadded:: 0.1
+        """
+        app = get_app()
+        return self._runtime(app).retry(app, task_id)
+
     def store(self, app: Flask | None = None) -> TaskStore:
         """The task store of ``app``, by default the current app.
 
@@ -249,96 +262,6 @@ class BGTasks:
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         return all(runtime.join(deadline) for runtime in list(self._apps.values()))
-
-    def authorize(self, fn: A) -> A:
-        """Register the function that decides who may see and cancel a task
-        through the HTTP API (:doc:`/http`). Required when ``BGTASKS_API``
-        is on; register it before ``init_app``.
-
-        It is called in the request, with the task's :class:`TaskRecord`,
-        and returns whether the current user may see it. A task it refuses
-        answers exactly like an unknown id: ``404``.
-
-        .. code-block:: python
-
-            @bg.authorize
-            def may_see(record):
-                user_id = session.get("user_id")
-                return user_id is not None and user_id == (record.kwargs or {}).get("user_id")
-
-        .. versionadded:: 0.1
-        """
-        self._authorize = fn
-        return fn
-
-    @t.overload
-    def background_view(self, view: V, /) -> V: ...
-    @t.overload
-    def background_view(
-        self,
-        view: None = None,
-        /,
-        *,
-        pool: str = ...,
-        user: t.Callable[[], t.Any] | None = ...,
-        owner: t.Callable[[], t.Any] | None = ...,
-    ) -> t.Callable[[V], V]: ...
-    def background_view(
-        self,
-        view: V | None = None,
-        /,
-        *,
-        pool: str = _config.DEFAULT_POOL,
-        user: t.Callable[[], t.Any] | None = None,
-        owner: t.Callable[[], t.Any] | None = None,
-    ) -> V | t.Callable[[V], V]:
-        """Run a view in the background: the request answers ``202
-        Accepted`` at once, with the task's id and a ``Location`` header
-        that points at its status in the HTTP API. Once it has finished,
-        the status links to a result URL that answers with the view's own
-        response. Put it under the route decorator.
-
-        .. code-block:: python
-
-            @app.post("/reports")
-            @bg.background_view
-            def make_report():
-                return render_template("report.html", rows=slow_query())
-
-        The view runs as a task with a copy of the request
-        (``copy_request=True``). An exception it raises is logged, and its
-        result URL answers ``500``.
-
-        :param pool: The pool it runs on.
-        :param user: Called in the request; its value (JSON, such as a user
-            id) is kept on the task's record as ``record.kwargs["user"]``,
-            so that the authorization callback can let only that user see
-            the result. The view does not get it.
-        :param owner: The old name of ``user``, kept on the record as
-            ``record.kwargs["owner"]``; deprecated.
-
-        .. code-block:: python
-
-            @app.post("/exports")
-            @bg.background_view(user=lambda: session["user_id"])
-            def export(): ...
-
-        .. versionadded:: 0.1
-        .. versionchanged:: 0.1
-            ``owner=`` is now ``user=``.
-        """
-        from ._http import background_view, user_key
-
-        key, user = user_key(user, owner)
-
-        def decorate(view: V) -> V:
-            task = background_view(self._runtime, view, pool, key, user)
-            self._tasks[task.name] = task
-            return t.cast(V, task.view)
-
-        if view is None:
-            return decorate
-        return decorate(view)
 
     def on_shutdown(self, fn: F) -> F:
         """Register a function to call once per app, in its app context,

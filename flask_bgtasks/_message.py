@@ -58,6 +58,9 @@ class TaskMessage(t.NamedTuple):
     attempt: int = 0
     #: The errors of those attempts, oldest first.
     errors: tuple[dict[str, t.Any], ...] = ()
+    #: The id of the task this one runs again (:meth:`BGTasks.retry
+    #: <flask_bgtasks.BGTasks.retry>`), or ``None``.
+    retry_of: str | None = None
 
     def to_json(self) -> str:
         """The message as JSON, for a backend that sends it elsewhere. The
@@ -78,6 +81,7 @@ class TaskMessage(t.NamedTuple):
             "submitted_at": self.submitted_at,
             "attempt": self.attempt,
             "errors": self.errors,
+            "retry_of": self.retry_of,
         }
         encoded = to_json(data)
         if encoded is None:  # pragma: no cover - checked above
@@ -105,6 +109,7 @@ class TaskMessage(t.NamedTuple):
                 float(data["submitted_at"]),
                 int(data["attempt"]),
                 tuple(data["errors"]),
+                data.get("retry_of"),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise InvalidTaskError(
@@ -171,6 +176,7 @@ class TaskSnapshot(t.NamedTuple):
             submitted_at=as_datetime(message.submitted_at),  # type: ignore[arg-type]
             started_at=as_datetime(self.started_at),
             finished_at=as_datetime(self.finished_at),
+            retry_of=message.retry_of,
         )
 
 

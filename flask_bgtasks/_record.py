@@ -152,6 +152,9 @@ class TaskRecord:
     started_at: datetime | None
     #: When it succeeded, failed or was cancelled.
     finished_at: datetime | None
+    #: The id of the task this one runs again (:meth:`BGTasks.retry
+    #: <flask_bgtasks.BGTasks.retry>`), or ``None``.
+    retry_of: str | None = None
 
     @property
     def error(self) -> dict[str, t.Any] | None:

@@ -19,7 +19,7 @@ import typing as t
 import weakref
 
 from . import signals
-from ._admission import Admission
+from ._admission import Admission, retry_problem
 from ._context import check_not_forking_per_request, is_reloader_watcher
 from ._engine import missing_task, register_runtime, send
 from ._errors import QueueFull, ShutdownError, StoreUnavailable, UsageError
@@ -196,12 +196,13 @@ class Runtime(ProcessLocal):
         args: tuple[t.Any, ...],
         kwargs: dict[str, t.Any],
         captured: Captured | None,
+        retry_of: str | None = None,
     ) -> TaskResult[t.Any]:
         """Queue a task: check it, make its message, record it, hand it to
         the backend. Nothing is queued or written if a check fails."""
         if self.active_pid != os.getpid() and not self.enter_process():
             return self._never_run(task)
-        message, call = self.admission.admit(task, args, kwargs)
+        message, call = self.admission.admit(task, args, kwargs, retry_of)
         if self.remote:
             return send(app, self.store, self.backend, message)
         execution = Execution(message, call, captured, self.events, app)
@@ -347,6 +348,16 @@ class Runtime(ProcessLocal):
             handle = self.get(task_id)
             return handle is not None and handle.cancel()
         return self.store.cancel(task_id)
+
+    def retry(self, app: Flask, task_id: str) -> TaskResult[t.Any]:
+        """Submit a finished task again, with the same arguments."""
+        handle = self.get(task_id)
+        record = None if handle is None else handle.record()
+        problem = retry_problem(task_id, record, self.tasks)
+        if problem is not None or record is None:
+            raise UsageError(problem)
+        task = self.tasks[record.name]
+        return self.submit(app, task, tuple(record.args or ()), record.kwargs or {}, None, task_id)
 
     def unfinished(self) -> list[Execution]:
         """This process's tasks of this app that have not ended."""

@@ -118,7 +118,9 @@ def test_snapshot_is_immutable_plain_data() -> None:
 
 def test_to_json_round_trips() -> None:
     message = make_message(1, "two", [3.5, None], when="2024-01-01", nested={"a": [1]})
-    message = message._replace(attempt=2, errors=({"attempt": 1, "type": "KeyError"},))
+    message = message._replace(
+        attempt=2, errors=({"attempt": 1, "type": "KeyError"},), retry_of="earlier-id"
+    )
     data = json.loads(message.to_json())
     assert data == {
         "id": message.id,
@@ -130,9 +132,11 @@ def test_to_json_round_trips() -> None:
         "submitted_at": message.submitted_at,
         "attempt": 2,
         "errors": [{"attempt": 1, "type": "KeyError"}],
+        "retry_of": "earlier-id",
     }
     # The options travel as the name: the worker has the same task declared.
     assert "options" not in data
+    assert TaskMessage.from_json(message.to_json(), lambda name: message.options) == message
 
 
 def test_check_json_accepts_json_arguments() -> None:

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import typing as t
+from pathlib import Path
 
 import pytest
 from flask import Flask
 
-from flask_bgtasks import BGTasks, ConfigError, ConfigTypeError, TaskOptions, TaskResult, TaskStatus
+from flask_bgtasks import (
+    BGTasks,
+    ConfigError,
+    ConfigTypeError,
+    TaskOptions,
+    TaskResult,
+    TaskStatus,
+    UsageError,
+)
 from flask_bgtasks._execution import Execution
 from flask_bgtasks._message import TaskMessage
 from flask_bgtasks.stores.memory import MemoryStore
@@ -121,3 +130,46 @@ def test_bad_store_import_path(
 ) -> None:
     with pytest.raises(error, match=message):
         make_app(BGTASKS_STORE=path)
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
+def test_a_finished_task_runs_again_linked_to_the_first(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    store: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    url = {
+        "memory": "memory",
+        "sqlite": f"sqlite:///{tmp_path}/tasks.db",
+        "redis": request.getfixturevalue("redis_url") if store == "redis" else "",
+    }[store]
+    calls = []
+
+    @bg.task
+    def fails_once(value: int, *, scale: int) -> int:
+        calls.append(value)
+        if len(calls) == 1:
+            raise ValueError("the first time")
+        return value * scale
+
+    @bg.task
+    def raw(value: object) -> None:
+        pass
+
+    app = make_app(BGTASKS_STORE=url)
+    with app.app_context():
+        first = fails_once.submit(2, scale=10)
+        assert first.exception(10) is not None
+        again = bg.retry(first.id)
+        assert again.result(10) == 20
+        record = again.record()
+        assert (record.retry_of, record.args, record.kwargs) == (first.id, [2], {"scale": 10})
+        assert bg.get(again.id) is not None and bg.get(again.id).record().retry_of == first.id
+        with pytest.raises(UsageError, match="No task with id nope"):
+            bg.retry("nope")
+        opaque = raw.submit(object())
+        opaque.result(10)
+        with pytest.raises(UsageError, match="were not JSON"):
+            bg.retry(opaque.id)

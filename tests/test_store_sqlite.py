@@ -607,4 +607,11 @@ def test_a_schema_1_file_is_upgraded_with_its_count(
     assert counted_and_real(db) == (3, 3)
     assert "old0" not in rows(db) and "old1" not in rows(db)
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        # Schema 3 added the column retry_of to the old rows too.
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT retry_of FROM bgtasks_task WHERE id = 'old3'").fetchone() == (
+            None,
+        )
+    with app.app_context():
+        old = bg.get("old3")
+        assert old is not None and old.record().retry_of is None

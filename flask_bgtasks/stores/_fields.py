@@ -94,6 +94,7 @@ def make_record(row: sqlite3.Row | t.Mapping[str, t.Any]) -> TaskRecord:
         submitted_at=as_datetime(row["submitted_at"]),  # type: ignore[arg-type]
         started_at=as_datetime(row["started_at"]),
         finished_at=as_datetime(row["finished_at"]),
+        retry_of=row["retry_of"],
     )
 
 
@@ -112,4 +113,5 @@ def record_from_hash(fields: t.Mapping[str, str]) -> TaskRecord:
     for key in ("started_at", "finished_at"):
         row[key] = float(fields[key]) if fields[key] else None
     row["errors"] = fields["errors"] or "[]"
+    row.setdefault("retry_of", None)
     return make_record(row)

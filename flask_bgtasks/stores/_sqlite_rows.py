@@ -21,10 +21,11 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_bgtasks")
 
 #: A task was submitted: parameters id, name, pool, durable, arguments,
-#: owner, lease_until, submitted_at.
+#: owner, lease_until, submitted_at, retry_of.
 ADD = (
     "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
-    " owner, lease_until, submitted_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?)"
+    " owner, lease_until, submitted_at, retry_of)"
+    " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
 )
 #: An attempt starts, unless another process cancelled or took the task:
 #: attempt, started_at, lease_until, id, owner.
@@ -53,11 +54,12 @@ RELEASE = (
 #: task is written once), else updated as long as this process owns it and
 #: it has not ended elsewhere. The parameters: id, name, pool, durable,
 #: arguments, owner, submitted_at, then the end's status, outcome, progress,
-#: errors, cancel_requested, attempt, started_at and finished_at.
+#: errors, cancel_requested, attempt, started_at, finished_at and retry_of.
 FINISH = (
     "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, owner, submitted_at,"
     " status, outcome, progress, errors, cancel_requested, attempt, started_at,"
-    " finished_at, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
+    " finished_at, retry_of, lease_until)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"
     " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
     " outcome = excluded.outcome, progress = excluded.progress, errors = excluded.errors,"
     " cancel_requested = max(cancel_requested, excluded.cancel_requested),"

@@ -19,7 +19,8 @@ BUSY_TIMEOUT = 30.0
 
 # 2: the count of finished rows, kept by triggers, so that keeping
 # BGTASKS_MAX_RESULTS costs a lookup rather than a walk of the finished rows.
-_SCHEMA_VERSION = 2
+# 3: retry_of, the task that a task runs again.
+_SCHEMA_VERSION = 3
 # In one transaction: a row that finishes while another process upgrades
 # the file is counted either way.
 _SCHEMA = """
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS bgtasks_task (
     lease_until REAL NOT NULL DEFAULT 0,
     submitted_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    retry_of TEXT
 );
 CREATE INDEX IF NOT EXISTS bgtasks_task_lease
     ON bgtasks_task (lease_until) WHERE finished_at IS NULL;
@@ -150,12 +152,24 @@ def check_database(path: str) -> None:
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check says: {check}")
         db.executescript(_SCHEMA)
+        _add_column(db, "retry_of TEXT")  # a file of schema 1 or 2
         # Proves the file is writable, also when the schema existed.
         db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         raise _unusable(path, exc) from exc
     finally:
         db.close()
+
+
+def _add_column(db: sqlite3.Connection, column: str) -> None:
+    name = column.split()[0]
+    if any(row[1] == name for row in db.execute("PRAGMA table_info(bgtasks_task)")):
+        return
+    try:
+        db.execute(f"ALTER TABLE bgtasks_task ADD COLUMN {column}")
+    except sqlite3.OperationalError as exc:  # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _unusable(path: str, exc: BaseException) -> StoreError:

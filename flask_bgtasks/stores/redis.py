@@ -148,6 +148,7 @@ class RedisStore(TaskStore, ProcessLocal):
             "submitted_at": repr(message.submitted_at),
             "started_at": "",
             "finished_at": "",
+            "retry_of": message.retry_of or "",
         }
         index, _, leases = self._keys
         with unavailable_as(self.url, f"record task {message.name!r}"):
