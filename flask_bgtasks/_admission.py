@@ -5,21 +5,29 @@ fix, what could not run where the task runs: arguments bound to the request,
 a durable task with a store that dies with the process, arguments that
 can't cross to a child process (pickle) or to an engine's worker (JSON), a
 copied request for a task that leaves the process. Nothing is written or
-queued before it has passed. Knows nothing of stores or backends.
+queued before it has passed. :func:`retry_problem` says why a task can't
+run again; :func:`never_run` is the handle of a submit in the reloader's
+watcher process, which runs nothing. Knows nothing of stores or backends.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 import typing as t
 
 from ._context import check_arguments
 from ._errors import InvalidTaskError, UsageError
+from ._execution import Execution
 from ._message import NO_KWARGS, TaskMessage, check_json, check_pickle, json_round_trip, new_id
+
+logger = logging.getLogger("flask_bgtasks")
 
 if t.TYPE_CHECKING:
     from ._config import Config
     from ._record import TaskRecord
+    from ._result import TaskResult
     from ._task import Task
 
 
@@ -162,3 +170,23 @@ def retry_problem(
             " with the values it needs."
         )
     return None
+
+
+def never_run(task: Task[..., t.Any]) -> TaskResult[t.Any]:
+    """The handle of a task submitted in the watcher process of ``flask
+    run``'s reloader, which must run nothing."""
+    # A task that is already cancelled, known to no store and no
+    # backend: the caller gets a handle as anywhere else, and the task
+    # runs once, in the process that serves.
+    message = TaskMessage(
+        new_id(), task.name, task.options.pool, (), NO_KWARGS, task.options, False, time.time()
+    )
+    execution = Execution(message, task.fn, None, None)
+    execution.cancel_queued()
+    logger.info(
+        "Task %r was not run in the watcher process of the reloader (pid %d);"
+        " the process that serves loads the app again and runs it there.",
+        task.name,
+        os.getpid(),
+    )
+    return execution.handle

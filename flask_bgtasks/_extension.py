@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
     from ._options import TaskOptionArgs
     from ._record import TaskRecord
     from ._result import TaskResult
+    from ._stats import TaskStats
     from .stores import TaskStore
 
 P = t.ParamSpec("P")
@@ -238,6 +239,17 @@ class BGTasks(WebMixin):
         """
         app = get_app()
         return self._runtime(app).retry(app, task_id)
+
+    def stats(self) -> TaskStats:
+        """The tasks of the current app, counted: by status and pool (queued
+        and running), finished in the last minute, and each pool's workers.
+        With a shared store the counts cover every process; the memory
+        store counts this process's unfinished tasks, and the finished ones
+        whose id was read (the ones it keeps).
+
+        .. versionadded:: 0.1
+        """
+        return self._runtime(get_app()).stats()
 
     def store(self, app: Flask | None = None) -> TaskStore:
         """The task store of ``app``, by default the current app.

@@ -100,6 +100,11 @@ class WorkerPool(ProcessLocal):
         self._past_deadline = threading.Event()
 
     @property
+    def workers(self) -> int:
+        """How many worker threads this pool has now, in this process."""
+        return len(self._threads)
+
+    @property
     def idle_workers(self) -> int:
         """About how many workers wait for a task now."""
         return len(self._idle_tokens)

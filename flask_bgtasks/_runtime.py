@@ -19,18 +19,19 @@ import typing as t
 import weakref
 
 from . import signals
-from ._admission import Admission, retry_problem
+from ._admission import Admission, never_run, retry_problem
 from ._context import check_not_forking_per_request, is_reloader_watcher
 from ._engine import missing_task, register_runtime, send
 from ._errors import QueueFull, ShutdownError, StoreUnavailable, UsageError
 from ._execution import Execution
-from ._message import NO_KWARGS, TaskMessage, new_id
+from ._message import NO_KWARGS, TaskMessage
 from ._observer import StoreEvents
 from ._options import TaskOptions
 from ._process import ProcessLocal
 from ._record import process_name
 from ._result import TaskResult
 from ._run import run
+from ._stats import collect_stats
 from .backends import backend_class
 from .backends.eager import EagerBackend
 
@@ -40,6 +41,7 @@ if t.TYPE_CHECKING:
     from ._config import Config
     from ._context import Captured
     from ._record import TaskRecord
+    from ._stats import TaskStats
     from ._task import Task
     from .backends import Backend
     from .stores import TaskStore
@@ -201,7 +203,7 @@ class Runtime(ProcessLocal):
         """Queue a task: check it, make its message, record it, hand it to
         the backend. Nothing is queued or written if a check fails."""
         if self.active_pid != os.getpid() and not self.enter_process():
-            return self._never_run(task)
+            return never_run(task)
         message, call = self.admission.admit(task, args, kwargs, retry_of)
         if self.remote:
             return send(app, self.store, self.backend, message)
@@ -304,23 +306,6 @@ class Runtime(ProcessLocal):
         execution = self.executions.get(message.id)
         return execution if execution is not None and execution.claim() else None
 
-    def _never_run(self, task: Task[..., t.Any]) -> TaskResult[t.Any]:
-        # A task that is already cancelled, known to no store and no
-        # backend: the caller gets a handle as anywhere else, and the task
-        # runs once, in the process that serves.
-        message = TaskMessage(
-            new_id(), task.name, task.options.pool, (), NO_KWARGS, task.options, False, time.time()
-        )
-        execution = Execution(message, task.fn, None, None)
-        execution.cancel_queued()
-        logger.info(
-            "Task %r was not run in the watcher process of the reloader (pid %d);"
-            " the process that serves loads the app again and runs it there.",
-            task.name,
-            os.getpid(),
-        )
-        return execution.handle
-
     # -- lookups ------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskResult[t.Any] | None:
@@ -358,6 +343,11 @@ class Runtime(ProcessLocal):
             raise UsageError(problem)
         task = self.tasks[record.name]
         return self.submit(app, task, tuple(record.args or ()), record.kwargs or {}, None, task_id)
+
+    def stats(self) -> TaskStats:
+        """The store's counts and the backend's workers, now."""
+        unfinished = [execution.handle.record() for execution in self.unfinished()]
+        return collect_stats(self.store, self.backend, unfinished, self.config)
 
     def unfinished(self) -> list[Execution]:
         """This process's tasks of this app that have not ended."""

@@ -187,6 +187,10 @@ def test_a_running_task_is_asked_to_stop(engine: t.Any, redis_url: str, tmp_path
             running = engine.until_gate.submit("never-opened")
         wait_status(engine, running.id, TaskStatus.RUNNING)
         with engine.app.app_context():
+            stats = engine.bg.stats()
+            default = stats.pools["default"]
+            assert (default.running, default.workers, default.max_workers) == (1, 1, None)
+            assert stats.pools["reports"].workers == 1  # the worker serves every pool
             assert running.cancel() is False  # asked, as for a running future
         wait_status(engine, running.id, TaskStatus.CANCELLED)
         assert record(engine, running.id).cancel_requested

@@ -173,3 +173,51 @@ def test_a_finished_task_runs_again_linked_to_the_first(
         opaque.result(10)
         with pytest.raises(UsageError, match="were not JSON"):
             bg.retry(opaque.id)
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
+def test_stats_count_by_status_and_pool(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    gate: t.Any,
+    store: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    url = {
+        "memory": "memory",
+        "sqlite": f"sqlite:///{tmp_path}/tasks.db",
+        "redis": request.getfixturevalue("redis_url") if store == "redis" else "",
+    }[store]
+
+    @bg.task
+    def quick(value: int) -> int:
+        return value
+
+    @bg.task(pool="slow")
+    def held() -> None:
+        gate()
+
+    app = make_app(BGTASKS_STORE=url, BGTASKS_POOLS={"slow": {"max_workers": 1}})
+    with app.app_context():
+        for value in range(3):
+            done = quick.submit(value)
+            assert done.id  # the memory store keeps the tasks whose id was read
+            done.result(10)
+        quick.submit(3).result(10)  # one it does not keep: not counted there
+        running = held.submit()
+        queued = held.submit()
+        gate.wait_entered(1)
+        stats = bg.stats()
+        finished = 3 if store == "memory" else 4
+        assert stats.by_status["succeeded"] == finished
+        assert (stats.by_status["running"], stats.by_status["queued"]) == (1, 1)
+        assert stats.finished_last_minute == finished
+        slow = stats.pools["slow"]
+        assert (slow.queued, slow.running, slow.workers, slow.max_workers) == (1, 1, 1, 1)
+        assert stats.pools["default"].queued == 0
+        assert stats.to_dict()["pools"]["slow"]["running"] == 1
+        assert (stats.store, stats.shared) == (url.partition(":")[0], store != "memory")
+        gate.open()
+        running.result(10)
+        queued.result(10)

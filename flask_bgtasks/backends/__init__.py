@@ -137,6 +137,11 @@ class Backend(abc.ABC):
             " processes (BGTASKS_BACKEND = 'threads'), so it needs no worker."
         )
 
+    def workers(self) -> dict[str, tuple[int | None, int | None]]:
+        """Per pool: how many workers serve it now, and the most there may
+        be, each ``None`` if unknown (the default)."""
+        return dict.fromkeys(self.pool_names, (None, None))
+
     def stop_task(self, task_id: str, queued: bool) -> None:
         """After the store recorded a cancel (it decides): take a ``queued``
         task out of the engine's queue, or end a running one by force where

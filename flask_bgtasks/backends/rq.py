@@ -170,6 +170,16 @@ class RQBackend(Backend):
         except (NoSuchJobError, InvalidJobOperation) as exc:
             logger.info("Task %s was not stopped by force: %s", task_id, exc)
 
+    def workers(self) -> dict[str, tuple[int | None, int | None]]:
+        """The RQ workers that listen on each pool's queue, on any machine."""
+        from rq import Worker
+
+        with unavailable_as(self.url, "count the workers"):
+            return {
+                pool: (Worker.count(connection=self.connection, queue=queue), None)
+                for pool, queue in self.queues.items()
+            }
+
     def join(self, timeout: float | None = None) -> bool:
         return True  # nothing runs in this process
 

@@ -61,6 +61,9 @@ class ThreadBackend(Backend):
             raise self.unknown_pool(message.pool) from None
         worker_pool.submit(message)
 
+    def workers(self) -> dict[str, tuple[int | None, int | None]]:
+        return {name: (pool.workers, pool.max_workers) for name, pool in self.pools.items()}
+
     def check_process(self) -> None:
         for pool in self.pools.values():
             pool.check_process()

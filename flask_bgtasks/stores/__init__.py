@@ -20,6 +20,7 @@ import typing as t
 
 from .._errors import ConfigError, ConfigTypeError
 from .._imports import import_path
+from .._stats import Counts, count_records
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -144,6 +145,12 @@ class TaskStore(abc.ABC):
             or had been cancelled before); ``False`` if it is running and
             was asked to stop, has finished otherwise, or is unknown.
         """
+
+    def counts(self, since: float) -> tuple[Counts, int]:
+        """How many tasks it holds, by pool and status, and how many
+        finished after ``since`` (a Unix time). The default counts
+        :meth:`records`; the stores that ship count in the database."""
+        return count_records(self.records(None, limit=1_000_000), since)
 
     @abc.abstractmethod
     def purge(self, older_than: float) -> int:

@@ -194,6 +194,21 @@ redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return 1
 """
 
+#: Every task's pool and status, and how many finished after a time, in one
+#: round trip. KEYS: index, finished. ARGV: prefix, since. Returns
+#: ``{pool, status, pool, status, ...}, finished``.
+COUNT = """
+local pairs = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local f = redis.call('HMGET', ARGV[1] .. 't:' .. id, 'pool', 'status')
+  if f[1] then
+    pairs[#pairs + 1] = f[1]
+    pairs[#pairs + 1] = f[2]
+  end
+end
+return {pairs, redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[2], '+inf')}
+"""
+
 #: Delete the records of the tasks that finished before a time. KEYS:
 #: index, finished. ARGV: before, prefix. Returns how many.
 PURGE = """
@@ -235,6 +250,7 @@ class Scripts:
                 ("hand_over", HAND_OVER),
                 ("purge", PURGE),
                 ("abandon", ABANDON),
+                ("count", COUNT),
             ]
         }
 

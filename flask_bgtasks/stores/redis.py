@@ -40,6 +40,7 @@ from ._redis_upkeep import Upkeep
 
 if t.TYPE_CHECKING:
     from .._message import TaskSnapshot
+    from .._stats import Counts
 
 logger = logging.getLogger("flask_bgtasks")
 
@@ -314,6 +315,17 @@ class RedisStore(TaskStore, ProcessLocal):
                         found.append(record_from_hash(fields))
                 start += page
         return found[:limit]
+
+    def counts(self, since: float) -> tuple[Counts, int]:
+        self.check_process()
+        self._expire()
+        pairs, finished = self._run(
+            "count", [self._keys[0], self._keys[1]], [self.prefix, repr(since)], "count the tasks"
+        )
+        counts: Counts = {}
+        for pool, status in zip(pairs[::2], pairs[1::2]):
+            counts[pool, status] = counts.get((pool, status), 0) + 1
+        return counts, int(finished)
 
     def cancel(self, task_id: str) -> bool:
         status = self._run(

@@ -47,6 +47,7 @@ from ._writer import Statement, Writer, inherited_connections
 
 if t.TYPE_CHECKING:
     from .._message import TaskSnapshot
+    from .._stats import Counts
 
 _store_numbers = itertools.count()
 
@@ -315,6 +316,18 @@ class SQLiteStore(TaskStore, ProcessLocal):
             (status, status, self.ttl, time.time() - (self.ttl or 0), limit),
         )
         return [make_record(row) for row in rows]
+
+    def counts(self, since: float) -> tuple[Counts, int]:
+        expired = (self.ttl, time.time() - (self.ttl or 0))
+        rows = self._read(
+            "SELECT pool, status, count(*) FROM bgtasks_task WHERE finished_at IS NULL"
+            " OR ? IS NULL OR finished_at > ? GROUP BY pool, status",
+            expired,
+        )
+        finished = self._read(
+            "SELECT count(*) FROM bgtasks_task WHERE finished_at > ?", (since,), flush=False
+        )
+        return {(pool, status): number for pool, status, number in rows}, int(finished[0][0])
 
     def cancel(self, task_id: str) -> bool:
         # A task of this process is cancelled through its handle by the
