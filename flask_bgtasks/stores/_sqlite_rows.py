@@ -69,6 +69,14 @@ FINISH = (
 )
 
 
+#: Per pool and status, the tasks within BGTASKS_RESULT_TTL, and those that
+#: finished after a time: ttl, now - ttl, since.
+COUNTS = (
+    "SELECT pool, status, count(*), sum(coalesce(finished_at, 0) > ?3) FROM bgtasks_task"
+    " WHERE finished_at IS NULL OR ?1 IS NULL OR finished_at > ?2 GROUP BY pool, status"
+)
+
+
 def check_started(snapshot: TaskSnapshot, statement: Statement) -> None:
     """After the write of a task's start: log if it changed no row."""
     if statement.rowcount:

@@ -1,20 +1,15 @@
 """A store in a SQLite file, shared by every process that opens it.
 
 Every task is a row, written when it is submitted, started, changes and
-finishes. Other processes read the rows, and cancel through them.
+finishes; other processes read the rows, and cancel through them. Each
+unfinished row names its owner process and holds a lease, which the owner
+renews: a durable task of a process that died is taken over and run again,
+another one fails with ``TaskLost``.
 
-Durable tasks survive their process. Each unfinished row names its owner
-process and holds a lease, which a thread of the owner renews; a row whose
-lease expired belongs to a process that died. A durable one is then taken
-over by a live process and run again (at least once delivery); a row that is
-not durable is marked ``failed`` with the error type ``TaskLost``.
-
-Concurrency: WAL journal and a busy timeout, so that writers in many
-processes wait for each other instead of failing. In each process one writer
-thread commits the writes of all its threads in batches (see
-:mod:`._writer`); reads have their own connection, and first wait for this
-process's queued writes, so a process always reads what it wrote. A single
-``UPDATE ... RETURNING`` claims rows atomically.
+Concurrency: WAL and a busy timeout, so that writers in many processes wait
+for each other. One writer thread per process commits the writes of all its
+threads in batches (:mod:`._writer`); reads have their own connections and
+first wait for this process's queued writes.
 
 The file is in :mod:`._sqlite_schema`, a task's row in :mod:`._sqlite_rows`,
 and the upkeep (leases, lost tasks, take-over, eviction) in :mod:`._sqlite_upkeep`.
@@ -40,7 +35,16 @@ from ._fields import (
     progress_json,
 )
 from ._payload import errors_json
-from ._sqlite_rows import ADD, CHANGE, FINISH, RELEASE, START, check_started, check_stored
+from ._sqlite_rows import (
+    ADD,
+    CHANGE,
+    COUNTS,
+    FINISH,
+    RELEASE,
+    START,
+    check_started,
+    check_stored,
+)
 from ._sqlite_schema import BUSY_TIMEOUT, EVICT_OLDEST, Readers, check_database, connect
 from ._sqlite_upkeep import Upkeep
 from ._writer import Statement, Writer, inherited_connections
@@ -318,16 +322,9 @@ class SQLiteStore(TaskStore, ProcessLocal):
         return [make_record(row) for row in rows]
 
     def counts(self, since: float) -> tuple[Counts, int]:
-        expired = (self.ttl, time.time() - (self.ttl or 0))
-        rows = self._read(
-            "SELECT pool, status, count(*) FROM bgtasks_task WHERE finished_at IS NULL"
-            " OR ? IS NULL OR finished_at > ? GROUP BY pool, status",
-            expired,
-        )
-        finished = self._read(
-            "SELECT count(*) FROM bgtasks_task WHERE finished_at > ?", (since,), flush=False
-        )
-        return {(pool, status): number for pool, status, number in rows}, int(finished[0][0])
+        rows = self._read(COUNTS, (self.ttl, time.time() - (self.ttl or 0), since))
+        counts = {(pool, status): number for pool, status, number, _ in rows}
+        return counts, sum(row[3] for row in rows)
 
     def cancel(self, task_id: str) -> bool:
         # A task of this process is cancelled through its handle by the
@@ -357,12 +354,7 @@ class SQLiteStore(TaskStore, ProcessLocal):
     def __len__(self) -> int:
         # As lookups: a record past BGTASKS_RESULT_TTL is gone, even before
         # the upkeep deletes its row.
-        rows = self._read(
-            "SELECT count(*) FROM bgtasks_task WHERE finished_at IS NULL OR ? IS NULL"
-            " OR finished_at > ?",
-            (self.ttl, time.time() - (self.ttl or 0)),
-        )
-        return int(rows[0][0])
+        return sum(self.counts(time.time())[0].values())
 
     # -- upkeep ---------------------------------------------------------
 
