@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import multiprocessing
 import os
 import re
@@ -10,6 +12,8 @@ import typing as t
 
 from ._errors import ConfigError, ConfigTypeError
 from .stores import DEFAULT_MAX_PAYLOAD_BYTES, parse_url
+
+logger = logging.getLogger("flask_bgtasks")
 
 #: The pool a task uses unless it names another.
 DEFAULT_POOL = "default"
@@ -109,12 +113,47 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_ENGINE_TIMEOUT", 3600.0)
 
 
+def known_keys() -> frozenset[str]:
+    """Every ``BGTASKS_*`` setting: the keys :func:`set_defaults` sets, the one list."""
+    defaults: dict[str, t.Any] = {}
+    set_defaults(defaults)
+    return frozenset(defaults)
+
+
+def warn_unknown_keys(config: t.Mapping[str, t.Any]) -> None:
+    """Log a warning for each ``BGTASKS_*`` key that is no setting, naming the
+    closest one: a misspelled key would otherwise be silently ignored."""
+    prefix = "BGTASKS_"
+    known = known_keys()
+    # Compared without the prefix, which every key shares and which would
+    # make any two keys look alike.
+    suffixes = [key.removeprefix(prefix) for key in sorted(known)]
+    for key in sorted(k for k in config if isinstance(k, str) and k.startswith(prefix)):
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.removeprefix(prefix), suffixes, n=1)
+        if close:
+            logger.warning(
+                "%s is not a Flask-BGTasks setting; did you mean %s? It is ignored.",
+                key,
+                prefix + close[0],
+            )
+        else:
+            logger.warning(
+                "%s is not a Flask-BGTasks setting; it is ignored. The configuration"
+                " page of the docs lists every setting.",
+                key,
+            )
+
+
 def load(config: t.MutableMapping[str, t.Any]) -> Config:
-    """Default and validate the ``BGTASKS_*`` keys of ``app.config``.
+    """Default and validate the ``BGTASKS_*`` keys of ``app.config``, and warn
+    about the keys that are no setting.
 
     :raises ConfigTypeError: If a value has the wrong type.
     :raises ConfigError: If a value is out of range.
     """
+    warn_unknown_keys(config)
     set_defaults(config)
     store = parse_url(config["BGTASKS_STORE"])
     durable = _bool("BGTASKS_DURABLE", config["BGTASKS_DURABLE"])

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import pathlib
+import re
 import typing as t
 
 import pytest
 from flask import Flask
 
-from flask_bgtasks import BGTasks, BGTasksError, ConfigError, ConfigTypeError
+from flask_bgtasks import BGTasks, BGTasksError, ConfigError, ConfigTypeError, _config
 
 
 def init(**config: t.Any) -> Flask:
@@ -102,3 +104,59 @@ def test_bad_config_leaves_app_unregistered() -> None:
     app.config["BGTASKS_MAX_WORKERS"] = 1
     bg.init_app(app)  # fixing the config and retrying works
     assert app.extensions["bgtasks"] is bg
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("BGTASKS_MAX_WORKER", "BGTASKS_MAX_WORKERS"),
+        ("BGTASKS_RESULTS_TTL", "BGTASKS_RESULT_TTL"),
+        ("BGTASKS_SHUTDOWN_TIMOUT", "BGTASKS_SHUTDOWN_TIMEOUT"),
+        ("BGTASKS_STORE_URL", "BGTASKS_STORE"),
+    ],
+)
+def test_misspelled_key_warns_with_the_closest_setting(
+    caplog: pytest.LogCaptureFixture, typo: str, meant: str
+) -> None:
+    with caplog.at_level("WARNING", logger="flask_bgtasks"):
+        app = init(**{typo: 3})
+    warnings = [r for r in caplog.records if r.name == "flask_bgtasks" and typo in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+    assert warnings[0].getMessage() == (
+        f"{typo} is not a Flask-BGTasks setting; did you mean {meant}? It is ignored."
+    )
+    assert app.config[typo] == 3  # left alone, and the app still starts
+    assert app.extensions["bgtasks"]
+
+
+def test_unknown_key_without_a_close_setting_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="flask_bgtasks"):
+        init(BGTASKS_WIBBLE=1)
+    messages = [r.getMessage() for r in caplog.records if r.name == "flask_bgtasks"]
+    assert messages == [
+        "BGTASKS_WIBBLE is not a Flask-BGTasks setting; it is ignored."
+        " The configuration page of the docs lists every setting."
+    ]
+
+
+def test_misspelled_key_warns_before_a_bad_value_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="flask_bgtasks"), pytest.raises(ConfigError):
+        init(BGTASKS_MAX_WORKERS=0, BGTASKS_QUEUE_SIZ=5)
+    assert any("did you mean BGTASKS_QUEUE_SIZE?" in r.getMessage() for r in caplog.records)
+
+
+def test_every_setting_and_other_keys_log_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    settings = {key: value for key, value in init().config.items() if key.startswith("BGTASKS_")}
+    with caplog.at_level("DEBUG", logger="flask_bgtasks"):
+        init(**settings, SECRET_KEY="x", BGTASKSX=1, MY_BGTASKS_MAX_WORKER=2)
+    assert [r.getMessage() for r in caplog.records if r.name == "flask_bgtasks"] == []
+
+
+def test_the_settings_are_the_defaulted_keys_and_the_documented_ones() -> None:
+    settings = {key for key in init().config if key.startswith("BGTASKS_")}
+    assert _config.known_keys() == settings
+    # docs/config.rst documents each key once, as ".. data:: KEY".
+    page = (pathlib.Path(__file__).parent.parent / "docs" / "config.rst").read_text("utf-8")
+    assert set(re.findall(r"^\.\. data:: (BGTASKS_\w+)$", page, re.M)) == settings
