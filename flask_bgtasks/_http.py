@@ -185,19 +185,50 @@ def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
     }
     if task is not None and task.is_view:
         body["links"]["result"] = url_for("bgtasks_api.result", task_id=record.id)
-    elif (
-        record.status is TaskStatus.SUCCEEDED
-        and task is not None
-        and task.expose_result
-        and record.result_repr is None
-    ):
-        body["result"] = record.result
+    elif record.status is TaskStatus.SUCCEEDED and task is not None and task.expose_result:
+        body.update(_exposed_result(bg, record))
     error = record.error
     if error is not None:
         body["error"] = {"type": error["type"]}
         if task is not None and task.expose_error:
             body["error"].update(message=error["message"], traceback=error["traceback"])
     return body
+
+
+#: Stands for a return value that no process can show any more.
+_GONE = object()
+
+
+def _exposed_result(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
+    """``{"result": value}``, the value as the app's JSON provider writes it,
+    as ``jsonify`` would (a datetime, UUID, Decimal or dataclass too); or
+    ``{"result_unavailable": why}`` for a value that can't be shown."""
+    if record.result_repr is None:  # JSON already
+        return {"result": record.result}
+    # Not JSON, so the store kept only its repr; if the task ran in this
+    # process, its handle may still hold the value itself.
+    handle = bg.get(record.id)
+    try:
+        value = _GONE if handle is None else handle.result(timeout=0)
+    except UsageError:  # a handle that reads the store: the repr only
+        value = _GONE
+    if value is _GONE:
+        return {
+            "result_unavailable": "The return value is not JSON, so the task store kept"
+            " only its repr. Return a JSON value (a date as a string, say) to see it here."
+        }
+    try:
+        # Strict JSON: a NaN would make the whole status unreadable in a browser.
+        return {"result": json.loads(current_app.json.dumps(value), parse_constant=_no_nan)}
+    except (TypeError, ValueError, OverflowError):
+        return {
+            "result_unavailable": "The return value is neither JSON nor a value that the"
+            " app's JSON provider can serialize."
+        }
+
+
+def _no_nan(constant: str) -> t.NoReturn:
+    raise ValueError(f"{constant} is not JSON.")
 
 
 def _status_response(bg: BGTasks, record: TaskRecord) -> Response:
@@ -214,8 +245,9 @@ def _event_stream(bg: BGTasks, record: TaskRecord) -> t.Iterator[str]:
     last = None
     quiet_since = time.monotonic()
     while True:
-        body = status_json(bg, record)
-        data = json.dumps(body, separators=(",", ":"))
+        # By the app's JSON provider, as the status is; one that indents
+        # writes several lines, and each must be a data line of the event.
+        data = current_app.json.dumps(status_json(bg, record)).replace("\n", "\ndata: ")
         if data != last:
             last = data
             quiet_since = time.monotonic()

@@ -80,10 +80,12 @@ def _drain_all() -> None:
     if _drained_pid == os.getpid():
         return
     _drained_pid = os.getpid()
-    for ref in list(_drains):
-        method = ref()
-        if method is not None:
-            method()
+    # A Ctrl-C anywhere in the drain is a quick stop, never a KeyboardInterrupt.
+    with quick_stop_signals():
+        for ref in list(_drains):
+            method = ref()
+            if method is not None:
+                method()
 
 
 def _run_at_exit(fn: t.Callable[[], None]) -> None:
@@ -115,6 +117,8 @@ _quick = threading.Event()
 # True while the drain at exit waits for the tasks in the main thread, where
 # a quick-stop signal may then end the wait.
 _waiting = False
+# The name of the signal that asked for the quick stop, until it is logged.
+_received = ""
 
 
 class _QuickStop(Exception):
@@ -146,18 +150,11 @@ def quick_stop() -> None:
     _quick.set()
 
 
-def stopping_quickly() -> bool:
-    """Whether :func:`quick_stop` was asked for in this process."""
-    return _quick.is_set()
-
-
 @contextlib.contextmanager
 def quick_stop_signals() -> t.Iterator[None]:
     """For the drain at exit: SIGINT and SIGQUIT mean :func:`quick_stop`.
-
-    Signal handlers can only be set in the main thread, which is where the
-    interpreter runs its exit handlers; elsewhere this does nothing.
-    """
+    Only in the main thread, where the interpreter runs its exit handlers
+    (and signal handlers can be set)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -168,20 +165,32 @@ def quick_stop_signals() -> t.Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            # None: a handler set from C, which Python can't put back.
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+            # None: set from C, which Python can't put back. A KeyboardInterrupt
+            # now could only cut an exit handler short and print a traceback:
+            # instead, Ctrl-C ends the process at once.
+            if handler is None or handler is signal.default_int_handler:
+                handler = signal.SIG_DFL
+            signal.signal(signum, handler)
 
 
 def _on_quick_signal(signum: int, frame: FrameType | None) -> None:
+    # It logs nothing: the main thread may be in the middle of a log call,
+    # which a second write to the same stream would break.
+    global _received, _waiting
     if not _quick.is_set():
-        logger.warning(
-            "%s received while draining: cancelling the queued background"
-            " tasks and ending the running ones now.",
-            signal.Signals(signum).name,
-        )
+        _received = signal.Signals(signum).name
     _quick.set()
     if _waiting:
+        _waiting = False  # once: another signal must not cut this one short
         raise _QuickStop
+
+
+def _log_received() -> None:
+    global _received
+    if _received:
+        message = "%s received while draining: cancelling the queued background tasks and ending"
+        logger.warning(message + " the running ones now.", _received)
+        _received = ""
 
 
 def wait_unless_stopped(wait: t.Callable[[float | None], bool], deadline: float | None) -> bool:
@@ -196,8 +205,9 @@ def wait_unless_stopped(wait: t.Callable[[float | None], bool], deadline: float 
         finally:
             _waiting = False
     except _QuickStop:  # also when it came in the inner finally
-        _waiting = False
         return False
+    finally:
+        _log_received()
 
 
 def install_sigterm_handler() -> None:
@@ -211,13 +221,8 @@ def install_sigterm_handler() -> None:
 
     .. code-block:: python
 
-        from flask_bgtasks import install_sigterm_handler
-
-        def create_app():
-            app = Flask(__name__)
-            bg.init_app(app)
-            install_sigterm_handler()
-            return app
+        bg.init_app(app)
+        install_sigterm_handler()
 
     :raises UsageError: If called outside the main thread.
 
@@ -322,7 +327,7 @@ def shutdown(plan: Plan, wait: bool, hooks: Hooks, *, at_exit: bool = False) -> 
 def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
     """The drain at exit of one extension: close every app, then drain the
     apps this process ran tasks for, within their BGTASKS_SHUTDOWN_TIMEOUT,
-    or at once after a quick stop; log what was lost."""
+    or at once after a quick stop; log how it ended."""
     start = time.monotonic()
     pid = os.getpid()
     # Nothing submits from here on, in any app, also from an exit handler
@@ -331,7 +336,7 @@ def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
     for runtime in runtimes:
         if runtime.active_pid != pid:
             runtime.backend.close()
-    quick = stopping_quickly()
+    quick = _quick.is_set()  # quick_stop() was called, or a signal came
     plan = [
         (
             runtime,
@@ -342,36 +347,38 @@ def drain(runtimes: t.Sequence[Runtime], hooks: Hooks) -> None:
         if runtime.active_pid == pid
     ]
     pending = [execution.handle.id for runtime, _, _ in plan for execution in runtime.unfinished()]
+    ids = ", ".join(pending)
+    _log_received()
+    # Named up front, so that a kill before the deadline (a server's own
+    # timeout, say) still leaves a trace of what was lost.
     if pending and quick:
-        logger.warning(
-            "Stopping quickly: ending %d background tasks now: %s",
-            len(pending),
-            ", ".join(pending),
-        )
+        logger.warning("Stopping quickly: ending %s now: %s", _tasks(pending), ids)
     elif pending:
-        # Named up front, so that a kill before the deadline (a server's
-        # own timeout, say) still leaves a trace of what was lost.
-        logger.warning(
-            "Draining %d background tasks at exit, for at most %g s: %s",
-            len(pending),
-            max(deadline for _, _, deadline in plan) - start,
-            ", ".join(pending),
-        )
-    with quick_stop_signals():
-        summary = shutdown(plan, wait=True, hooks=hooks, at_exit=True)
+        longest = max(deadline for _, _, deadline in plan) - start
+        logger.warning("Draining %s at exit, for at most %g s: %s", _tasks(pending), longest, ids)
+    summary = shutdown(plan, wait=True, hooks=hooks, at_exit=True)
+    elapsed, released = time.monotonic() - start, summary.released
+    left = ""
+    if released:
+        left = f"; {_tasks(released, 'durable task')} left in the store for the next process: "
+        left += ", ".join(released)
     if summary.cancelled or summary.interrupted:
+        # Its first sentence is the one earlier versions logged alone.
+        counts = (summary.finished, len(summary.cancelled), len(summary.interrupted))
         logger.warning(
-            "Background tasks at exit: %d finished, %d cancelled while queued,"
-            " %d interrupted at the deadline.",
-            summary.finished,
-            len(summary.cancelled),
-            len(summary.interrupted),
+            "Background tasks at exit: %d finished, %d cancelled while queued, %d interrupted"
+            " at the deadline. The drain ended after %.1f s%s.",
+            *counts,
+            elapsed,
+            left,
         )
-    if summary.released:
-        logger.warning(
-            "Durable background tasks left in the store for the next process: %s",
-            ", ".join(summary.released),
-        )
+    elif pending or released:
+        message = "The drain at exit ended after %.1f s: %d of %s finished%s."
+        logger.warning(message, elapsed, summary.finished, _tasks(pending), left)
+
+
+def _tasks(ids: t.Sized, noun: str = "background task") -> str:
+    return f"{len(ids)} {noun}{'' if len(ids) == 1 else 's'}"  # 1 task, 2 tasks
 
 
 def _run_hooks(runtime: Runtime, hooks: Hooks) -> None:

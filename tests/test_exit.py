@@ -7,11 +7,14 @@ interpreter exit can't be seen from inside the test process.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,115 @@ def wait_started(log: Path, task_id: str) -> None:
         return log.exists() and f"started {task_id} " in log.read_text()
 
     wait_for(started, 15, f"task {task_id} to start")
+
+
+CTRL_C_APP = """
+import atexit
+import os
+import threading
+
+from flask import Flask
+from flask_bgtasks import BGTasks
+
+bg = BGTasks()
+
+
+@bg.task(durable=True)
+def hang():
+    print("hang started", flush=True)
+    threading.Event().wait()  # ignores every request to stop
+
+
+def slow_exit_handler():
+    # Registered after the package: it runs after the drain.
+    print("exit handler waiting", flush=True)
+    threading.Event().wait()
+
+
+def create_app():
+    app = Flask(__name__)
+    app.config.update(BGTASKS_STORE="sqlite:///" + os.environ["STORE_PATH"])
+    app.config.from_prefixed_env()
+    bg.init_app(app)
+    if os.environ.get("SLOW_EXIT") == "1":
+        atexit.register(slow_exit_handler)
+
+    @app.post("/hang")
+    def start():
+        return {"id": hang.submit().id}
+
+    @app.get("/pid")
+    def pid():
+        return {"pid": os.getpid()}
+
+    return app
+"""
+
+
+def flask_run(tmp_path: Path, **env: str) -> Server:
+    (tmp_path / "ctrl_c_app.py").write_text(CTRL_C_APP)
+    return Server(
+        [str(BIN / "flask"), "--app", "ctrl_c_app:create_app", "run", "--no-reload"]
+        + ["--port", "{port}"],
+        cwd=tmp_path,
+        env={"STORE_PATH": str(tmp_path / "tasks.db"), **env},
+    )
+
+
+def stored_row(path: Path, task_id: str) -> tuple[str, str | None] | None:
+    """The task's status and owner in the SQLite file, if written yet."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute("SELECT status, owner FROM bgtasks_task WHERE id = ?", (task_id,))
+        return t.cast("tuple[str, str | None] | None", row.fetchone())
+
+
+def test_flask_run_second_ctrl_c_releases_a_durable_task_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    with flask_run(tmp_path, FLASK_BGTASKS_SHUTDOWN_TIMEOUT="60") as server:
+        server.wait_ready("/pid")
+        status, body, _ = server.request("/hang", "POST")
+        assert status == 200, body
+        task_id = body["id"]
+        server.wait_output("hang started")
+
+        def running() -> bool:  # the store writes in the background, soon after
+            row = stored_row(tmp_path / "tasks.db", task_id)
+            return row is not None and row[0] == "running"
+
+        wait_for(running, 10, "the store to show the task running")
+        server.signal(signal.SIGINT)  # the server stops; the drain begins
+        server.wait_output(f"Draining 1 background task at exit, for at most 60 s: {task_id}")
+        started = time.monotonic()
+        server.signal(signal.SIGINT)
+        code = server.wait_exit(20)
+        elapsed = time.monotonic() - started
+    output = server.output
+    assert code == 0, output
+    assert elapsed < 5, output  # not the 60 s of BGTASKS_SHUTDOWN_TIMEOUT
+    assert "Traceback" not in output
+    assert "SIGINT received while draining" in output
+    assert (
+        "0 of 1 background task finished; 1 durable task left in the store for the next"
+        f" process: {task_id}." in output
+    )
+    # Released: queued, and no process's, for the next process to run at once.
+    assert stored_row(tmp_path / "tasks.db", task_id) == ("queued", None)
+
+
+def test_ctrl_c_after_the_drain_ends_the_process_without_a_traceback(tmp_path: Path) -> None:
+    """Once the drain is over, an exit handler that hangs (a pool that won't
+    close, say) can be cut short with Ctrl-C: the process ends at once,
+    rather than with a KeyboardInterrupt traceback in the handler."""
+    with flask_run(tmp_path, SLOW_EXIT="1") as server:
+        server.wait_ready("/pid")
+        server.signal(signal.SIGINT)
+        server.wait_output("exit handler waiting")
+        started = time.monotonic()
+        server.signal(signal.SIGINT)
+        code = server.wait_exit(20)
+        elapsed = time.monotonic() - started
+    assert code == -signal.SIGINT, server.output
+    assert elapsed < 5
+    assert "Traceback" not in server.output
+    assert "KeyboardInterrupt" not in server.output

@@ -11,17 +11,24 @@ every test lets its tasks finish.
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
 import io
 import itertools
 import json
+import sys
+import textwrap
 import threading
+import types
 import typing as t
-from datetime import datetime, timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import flask
 import pytest
 from flask import Flask, abort, jsonify, request, session
+from flask.json.provider import DefaultJSONProvider
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -133,9 +140,12 @@ def read_events(response: TestResponse) -> t.Iterator[Json]:
         if text.startswith(":"):
             continue
         assert text.endswith("\n\n"), text
-        fields = dict(line.split(": ", 1) for line in text.strip("\n").split("\n"))
-        assert fields["event"] == "status", text
-        yield json.loads(fields["data"])
+        fields: dict[str, list[str]] = {}
+        for line in text.strip("\n").split("\n"):
+            name, _, value = line.partition(": ")
+            fields.setdefault(name, []).append(value)
+        assert fields["event"] == ["status"], text
+        yield json.loads("\n".join(fields["data"]))  # the data lines, joined
 
 
 def progress_of(body: Json) -> float | None:
@@ -328,7 +338,156 @@ def test_exposed_result_that_is_not_json_is_left_out(
     response = client.get(f"/tasks/{task_id}")
     assert response.get_json()["status"] == "succeeded"
     assert "result" not in response.get_json()
+    assert "The return value is " in response.get_json()["result_unavailable"]
     assert b"sk-12345" not in response.data
+
+
+@dataclasses.dataclass
+class Row:
+    title: str
+    at: datetime
+
+
+WHEN = datetime(2025, 6, 2, 9, 14, 3, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (WHEN, "Mon, 02 Jun 2025 09:14:03 GMT"),
+        (uuid.UUID(int=5), "00000000-0000-0000-0000-000000000005"),
+        (decimal.Decimal("1.10"), "1.10"),
+        (Row("Q1", WHEN), {"at": "Mon, 02 Jun 2025 09:14:03 GMT", "title": "Q1"}),
+        (
+            [WHEN, {"id": uuid.UUID(int=1)}],
+            ["Mon, 02 Jun 2025 09:14:03 GMT", {"id": "00000000-0000-0000-0000-000000000001"}],
+        ),
+    ],
+    ids=["datetime", "uuid", "decimal", "dataclass", "nested"],
+)
+def test_exposed_result_as_jsonify_writes_it(
+    app: Flask, client: FlaskClient, bg: BGTasks, value: object, shown: object
+) -> None:
+    """A value that Flask's jsonify can write, but that is not JSON, is shown
+    as jsonify shows it, in the status and in its event."""
+
+    @bg.task(expose_result=True)
+    def report() -> object:
+        return value
+
+    task_id = submit(app, report)
+    assert bg.join(10)
+    body = get_status(client, task_id)
+    with app.app_context():
+        assert body["result"] == json.loads(flask.json.dumps(value)) == shown
+    assert "result_unavailable" not in body
+    [event] = read_events(client.get(f"/tasks/{task_id}/events"))
+    assert event == body
+
+
+class IsoProvider(DefaultJSONProvider):
+    """Writes datetimes in ISO 8601, sets as sorted lists, and indents by
+    ``indent``."""
+
+    indent: int | None = None
+
+    @staticmethod
+    def default(o: t.Any) -> t.Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, set):
+            return sorted(o)
+        return DefaultJSONProvider.default(o)
+
+    def dumps(self, obj: t.Any, **kwargs: t.Any) -> str:
+        kwargs.setdefault("indent", self.indent)
+        return super().dumps(obj, **kwargs)
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_exposed_result_through_the_apps_own_json_provider(
+    app: Flask, client: FlaskClient, bg: BGTasks, indent: int | None
+) -> None:
+    provider = IsoProvider(app)
+    provider.indent = indent  # indented, each line is a data line of its event
+    app.json = provider
+
+    @bg.task(expose_result=True)
+    def report() -> object:
+        return {"at": WHEN, "tags": {"b", "a"}}
+
+    task_id = submit(app, report)
+    assert bg.join(10)
+    shown = {"at": "2025-06-02T09:14:03+00:00", "tags": ["a", "b"]}
+    assert get_status(client, task_id)["result"] == shown
+    events = client.get(f"/tasks/{task_id}/events")
+    if indent is not None:
+        assert b'\ndata:   "id": ' in events.data
+    [event] = read_events(events)
+    assert event["result"] == shown
+
+
+@pytest.mark.parametrize("value", [{1, 2}, float("nan"), object()], ids=["set", "nan", "object"])
+def test_exposed_result_the_provider_cant_write(
+    app: Flask, client: FlaskClient, bg: BGTasks, value: object
+) -> None:
+    @bg.task(expose_result=True)
+    def report() -> object:
+        return value
+
+    task_id = submit(app, report)
+    assert bg.join(10)
+    response = client.get(f"/tasks/{task_id}")
+    body = response.get_json()  # strict JSON: a NaN would not parse in a browser
+    assert b"NaN" not in response.data
+    assert body["status"] == "succeeded"
+    assert "result" not in body
+    assert body["result_unavailable"] == (
+        "The return value is neither JSON nor a value that the app's JSON provider can serialize."
+    )
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_exposed_result_that_a_shared_store_kept_as_repr(
+    make_api_app: t.Callable[..., Flask], bg: BGTasks
+) -> None:
+    """The SQLite store keeps only the repr of a value that is not JSON: no
+    process can show it, and the answer says why."""
+    app = make_api_app(BGTASKS_DURABLE=False)
+
+    @bg.task(expose_result=True)
+    def report() -> datetime:
+        return WHEN
+
+    task_id = submit(app, report)
+    assert bg.join(10)
+    body = get_status(app.test_client(), task_id)
+    assert body["status"] == "succeeded"
+    assert "result" not in body
+    assert body["result_unavailable"].startswith(
+        "The return value is not JSON, so the task store kept only its repr."
+    )
+
+
+def test_background_view_result_through_the_apps_json_provider(
+    app: Flask, client: FlaskClient, bg: BGTasks
+) -> None:
+    app.json = IsoProvider(app)
+
+    @app.post("/stamp")
+    @bg.background_view
+    def stamp() -> dict[str, t.Any]:
+        return {"at": WHEN, "id": uuid.UUID(int=7), "total": decimal.Decimal("2.50")}
+
+    started = client.post("/stamp").get_json()
+    assert bg.join(10)
+    result = client.get(started["result_url"])
+    assert result.status_code == 200
+    assert result.get_json() == {
+        "at": "2025-06-02T09:14:03+00:00",
+        "id": "00000000-0000-0000-0000-000000000007",
+        "total": "2.50",
+    }
 
 
 class SecretError(Exception):
@@ -908,7 +1067,7 @@ def test_events_end_when_the_record_expires(
     stream = client.get(f"/tasks/{task_id}/events", buffered=False)
     try:
         chunks = iter(stream.response)
-        assert b'"status":"running"' in next(chunks)
+        assert b'"status": "running"' in next(chunks)
         gate.open()
         assert bg.join(10)  # finished, and expired at once
         rest = []
@@ -1333,3 +1492,65 @@ def test_background_view_owner_is_the_deprecated_name_of_user(
     assert record is not None and record.kwargs == {"owner": "someone"}
     with pytest.raises(TypeError, match="user= or owner=, not both"):
         bg.background_view(user=lambda: 1, owner=lambda: 2)
+
+
+# -- the documentation's example ----------------------------------------------
+
+HTTP_PAGE = Path(__file__).parent.parent / "docs" / "http.rst"
+
+
+def first_python_block(page: Path) -> str:
+    """The first ``.. code-block:: python`` of a reST page, as written."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    start = lines.index(".. code-block:: python") + 1
+    block = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block)).strip("\n") + "\n"
+
+
+def test_http_page_first_example_authorizes_both_kinds_of_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first example of docs/http.rst, run as written: its callback lets
+    the user who started a task, and only that user, see it: a task and a
+    background view alike."""
+    source = first_python_block(HTTP_PAGE)
+    assert "@bg.background_view(user=" in source
+    page = types.ModuleType("http_page_example")
+    page.__file__ = str(HTTP_PAGE)
+    monkeypatch.setitem(sys.modules, page.__name__, page)
+    exec(compile(source, str(HTTP_PAGE), "exec"), page.__dict__)
+    app: Flask = page.app
+    bg: BGTasks = page.bg
+    try:
+        alice, bob, visitor = app.test_client(), app.test_client(), app.test_client()
+        for client, user_id in (alice, 1), (bob, 2):
+            with client.session_transaction() as session:
+                session["user_id"] = user_id
+
+        export = alice.post("/exports/2024")
+        assert export.status_code == 202
+        started = export.get_json()
+        assert export.headers["Location"] == started["status_url"]
+        report = alice.post("/reports")
+        assert report.status_code == 202
+        report_url = report.get_json()["status_url"]
+        assert bg.join(10)
+
+        status = alice.get(started["status_url"])
+        assert (status.status_code, status.get_json()["status"]) == (200, "succeeded")
+        result = alice.get(started["result_url"])
+        assert (result.status_code, result.get_json()) == (
+            200,
+            {"year": 2024, "url": "/exports/2024.csv"},
+        )
+        status = alice.get(report_url)
+        assert (status.status_code, status.get_json()["result"]) == (200, {"url": "/reports/1.pdf"})
+        for other in bob, visitor:
+            for url in started["status_url"], started["result_url"], report_url:
+                assert other.get(url).status_code == 404, url
+    finally:
+        bg.shutdown()

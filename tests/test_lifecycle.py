@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -264,6 +267,102 @@ def test_install_sigterm_handler_outside_main_thread() -> None:
     thread.start()
     thread.join(5)
     assert isinstance(errors[0], UsageError)
+
+
+# -- what the drain at exit logs ----------------------------------------------
+
+
+def drain_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "flask_bgtasks"]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_drain_at_exit_says_when_it_ended(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    gate: t.Any,
+    caplog: pytest.LogCaptureFixture,
+    count: int,
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=2, BGTASKS_SHUTDOWN_TIMEOUT=30)
+    with app.app_context():
+        ids = [bg.submit(gate).id for _ in range(count)]
+    gate.wait_entered(count)
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        # What the interpreter runs at exit, here in a thread: the tasks
+        # wait at the gate until the drain has named them.
+        drain = threading.Thread(target=bg._drain_at_exit)
+        drain.start()
+        try:
+            wait_for(lambda: drain_log(caplog), 10, "the drain to begin")
+        finally:
+            gate.open()
+            drain.join(30)
+    tasks = "1 background task" if count == 1 else "2 background tasks"
+    start, end = drain_log(caplog)
+    assert start == f"Draining {tasks} at exit, for at most 30 s: {', '.join(ids)}"
+    assert re.fullmatch(
+        rf"The drain at exit ended after \d+\.\d s: {count} of {tasks} finished\.", end
+    )
+
+
+def test_drain_at_exit_end_counts_what_the_deadline_cut_short(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    gate: t.Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app(BGTASKS_MAX_WORKERS=1, BGTASKS_SHUTDOWN_TIMEOUT=0.2)
+    with app.app_context():
+        stuck = bg.submit(gate)
+        gate.wait_entered()
+        queued = bg.submit(int)
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        bg._drain_at_exit()
+    gate.open()
+    log = drain_log(caplog)
+    assert (
+        log[0] == f"Draining 2 background tasks at exit, for at most 0.2 s: {stuck.id}, {queued.id}"
+    )
+    assert re.fullmatch(
+        r"Background tasks at exit: 0 finished, 1 cancelled while queued, 1 interrupted at"
+        r" the deadline\. The drain ended after \d+\.\d s\.",
+        log[-1],
+    )
+
+
+def test_drain_at_exit_end_names_the_durable_tasks_left_for_the_next_process(
+    make_app: t.Callable[..., Flask],
+    bg: BGTasks,
+    gate: t.Any,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tasks.db"
+    app = make_app(
+        BGTASKS_MAX_WORKERS=1, BGTASKS_SHUTDOWN_TIMEOUT=0.2, BGTASKS_STORE=f"sqlite:///{path}"
+    )
+
+    @bg.task(durable=True, name="tests.held")
+    def held() -> None:
+        gate()
+
+    with app.app_context():
+        ids = {held.submit().id, held.submit().id}  # one runs, one waits
+    gate.wait_entered()
+    with caplog.at_level(logging.WARNING, "flask_bgtasks"):
+        bg._drain_at_exit()
+    gate.open()
+    end = drain_log(caplog)[-1]
+    prefix = (
+        "0 of 2 background tasks finished; 2 durable tasks left in the store for the next process: "
+    )
+    assert re.fullmatch(r"The drain at exit ended after \d+\.\d s: .*\.", end), end
+    assert prefix in end
+    assert set(end.partition(prefix)[2].rstrip(".").split(", ")) == ids
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT status, owner FROM bgtasks_task").fetchall()
+    assert rows == [("queued", None), ("queued", None)]
 
 
 EXIT_SCRIPT = """
