@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import re
 import typing as t
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ._cli_format import (
+    GONE_NOTE,
+    Column,
+    compact_time,
+    one_line,
+    process_gone,
+    progress_text,
+    record_json,
+    record_lines,
+    status_text,
+    table,
+    terminal_width,
+    time_text,
+    wrap,
+)
 from ._cli_worker import worker_command
-from ._record import TaskStatus, as_datetime
+from ._context import get_app
+from ._engine import runtime_of
+from ._errors import TaskCancelled, UsageError
+from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
     from ._extension import BGTasks
@@ -35,8 +52,22 @@ cli = AppGroup(
 #: would take such an id for an unknown option.
 _ID_SETTINGS: dict[str, t.Any] = {"ignore_unknown_options": True}
 
-#: The longest progress shown in a ``list`` row.
-_PROGRESS_WIDTH = 30
+#: The widths, in terminal columns, to which ``list`` cuts names and
+#: progress: before it makes the other columns compact or drops them, and
+#: at the last, on a narrow terminal.
+_NAME_WIDTHS = (40, 12)
+_PROGRESS_WIDTHS = (20, 8)
+
+#: Why a command sees no task of the app's servers.
+_MEMORY_ONLY = (
+    "The memory store only holds the tasks of this command's own process;"
+    " set BGTASKS_STORE to a SQLite file or Redis to see the tasks of the"
+    " app's servers."
+)
+
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document instead of text."
+)
 
 
 #: ``30s``, ``15m``, ``12h``, ``7d``, or a plain number of seconds.
@@ -56,9 +87,13 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str) -> float:
     return float(match[1]) * _AGE_UNITS[match[2]]
 
 
-def _store() -> TaskStore:
+def _bg() -> BGTasks:
     bg: BGTasks = current_app.extensions["bgtasks"]
-    return bg.store()
+    return bg
+
+
+def _store() -> TaskStore:
+    return _bg().store()
 
 
 def _record(store: TaskStore, task_id: str) -> TaskRecord:
@@ -67,46 +102,20 @@ def _record(store: TaskStore, task_id: str) -> TaskRecord:
     if record is None:
         message = f"No task with id {task_id} in this store (unknown, or its record expired)."
         if not store.shared:
-            message += (
-                " The memory store only holds the tasks of this command's own"
-                " process; set BGTASKS_STORE to a SQLite file or Redis to see"
-                " the tasks of the app's servers."
-            )
+            message += " " + _MEMORY_ONLY
         raise click.ClickException(message)
     return record
 
 
-def _number(value: float) -> str:
-    return f"{value:g}"
+def _echo_json(value: object) -> None:
+    """One JSON document on stdout, by the app's JSON provider, so that it
+    writes the app's own types as the app's responses do."""
+    click.echo(current_app.json.dumps(value))
 
 
-def _progress(progress: dict[str, t.Any] | None) -> str:
-    """``3/10 Rendering``, ``40%`` (a total and no message), ``3`` (no
-    total), or ``-`` (no progress reported)."""
-    if progress is None:
-        return "-"
-    current, total, message = progress["current"], progress["total"], progress["message"]
-    if total is None:
-        text = _number(current)
-    elif message is None and total > 0:
-        return f"{current / total:.0%}"
-    else:
-        text = f"{_number(current)}/{_number(total)}"
-    return text if message is None else f"{text} {message}"
-
-
-def _time(value: datetime | None, short: bool = False) -> str:
-    """A time in the local time zone; ``-`` for none."""
-    if value is None:
-        return "-"
-    local = value.astimezone()
-    if short:
-        return local.strftime("%Y-%m-%d %H:%M:%S")
-    return local.isoformat(sep=" ", timespec="milliseconds")
-
-
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def _echo_wrapped(text: str, width: int) -> None:
+    for line in wrap(text, width):
+        click.echo(line)
 
 
 @cli.command("list")
@@ -122,93 +131,91 @@ def _json(value: object) -> str:
     show_default=True,
     help="Show at most this many tasks.",
 )
-def list_command(status: str | None, limit: int) -> None:
-    """List the most recently submitted tasks, newest first."""
+@_json_option
+def list_command(status: str | None, limit: int, as_json: bool) -> None:
+    """List the most recently submitted tasks, newest first.
+
+    The table fits the terminal (COLUMNS): a narrow one gets short times,
+    fewer columns and names cut short, never ids. With --json, a JSON array
+    of the records.
+    """
     store = _store()
     records = store.records(None if status is None else TaskStatus(status), limit)
+    if as_json:
+        _echo_json([record_json(record) for record in records])
+        return
+    width = terminal_width()
     if not records:
         click.echo("No tasks.")
         if not store.shared:
-            click.echo(
-                "The memory store only holds the tasks of this command's own"
-                " process; set BGTASKS_STORE to a SQLite file or Redis to see"
-                " the tasks of the app's servers."
-            )
+            _echo_wrapped(_MEMORY_ONLY, width)
         return
-    rows = [("ID", "NAME", "STATUS", "PROGRESS", "ATTEMPT", "SUBMITTED", "FINISHED")]
-    for record in records:
-        progress = " ".join(_progress(record.progress).split())  # one line
-        if len(progress) > _PROGRESS_WIDTH:
-            progress = progress[: _PROGRESS_WIDTH - 3] + "..."
-        rows.append(
-            (
-                record.id,
-                record.name,
-                record.status.value,
-                progress,
-                str(record.attempt),
-                _time(record.submitted_at, short=True),
-                _time(record.finished_at, short=True),
+    gone = [process_gone(record) for record in records]
+    now = datetime.now(UTC)
+    columns = [
+        Column("ID", [record.id for record in records]),
+        Column(
+            "NAME",
+            [one_line(record.name) for record in records],
+            cut="start",  # the function's name is at the end
+            comfortable=_NAME_WIDTHS[0],
+            minimum=_NAME_WIDTHS[1],
+        ),
+        Column(
+            "STATUS",
+            [status_text(record, dead) for record, dead in zip(records, gone)],
+            compact=[
+                "orphaned" if dead else record.status.value for record, dead in zip(records, gone)
+            ],
+        ),
+        Column(
+            "PROGRESS",
+            [one_line(progress_text(record.progress)) for record in records],
+            cut="end",
+            comfortable=_PROGRESS_WIDTHS[0],
+            minimum=_PROGRESS_WIDTHS[1],
+        ),
+        Column("ATTEMPT", [str(record.attempt) for record in records], right=True),
+    ]
+    for header, field in (("SUBMITTED", "submitted_at"), ("FINISHED", "finished_at")):
+        times = [getattr(record, field) for record in records]
+        columns.append(
+            Column(
+                header,
+                [time_text(at, short=True) for at in times],
+                compact=[compact_time(at, now) for at in times],
             )
         )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    laid = table(columns, width, early=("FINISHED", "ATTEMPT"), late=("SUBMITTED", "PROGRESS"))
+    for line in laid.lines:
+        click.echo(line)
+    if laid.compact and any(gone) and "STATUS" in laid.headers:
+        _echo_wrapped(
+            "orphaned: queued or running, but its process on this machine is gone.", width
+        )
     if len(records) == limit:
-        click.echo(f"Showing the {limit} most recent tasks; use --limit to see more.")
+        _echo_wrapped(f"Showing the {limit} most recent tasks; use --limit to see more.", width)
 
 
 @cli.command("show", context_settings=dict(_ID_SETTINGS))
 @click.argument("task_id", metavar="ID")
-def show_command(task_id: str) -> None:
+@_json_option
+def show_command(task_id: str, as_json: bool) -> None:
     """Show everything the store knows about a task.
 
     That is every field of its record, its errors, and the traceback of its
-    last error.
+    last error. With --json, the record as a JSON object.
 
     Exits with code 1 if the store has no task with this id.
     """
     record = _record(_store(), task_id)
-    fields: list[tuple[str, str]] = [
-        ("id", record.id),
-        ("name", record.name),
-        ("pool", record.pool),
-        ("status", record.status.value),
-        ("durable", "yes" if record.durable else "no"),
-    ]
-    if record.args is not None or record.kwargs is not None:
-        fields.append(("args", _json(record.args)))
-        fields.append(("kwargs", _json(record.kwargs)))
-    elif record.args_repr is not None:
-        fields.append(("arguments", f"{record.args_repr} (repr, not JSON)"))
-    else:
-        fields.append(("arguments", "(not kept by this store)"))
-    fields.append(("progress", _progress(record.progress)))
-    if record.status is not TaskStatus.SUCCEEDED:
-        fields.append(("result", "-"))
-    elif record.result_repr is not None:
-        fields.append(("result", f"{record.result_repr} (repr, not JSON)"))
-    else:
-        fields.append(("result", _json(record.result)))
-    fields += [
-        ("attempt", str(record.attempt)),
-        ("cancel requested", "yes" if record.cancel_requested else "no"),
-        ("process", record.process or "-"),
-        ("submitted", _time(record.submitted_at)),
-        ("started", _time(record.started_at)),
-        ("finished", _time(record.finished_at)),
-        ("errors", str(len(record.errors)) if record.errors else "none"),
-    ]
-    width = max(len(label) for label, _ in fields) + 2
-    for label, value in fields:
-        click.echo(f"{label + ':':<{width}}{value}")
-    for error in record.errors:
-        at = _time(as_datetime(error["at"]))
-        click.echo(f"  attempt {error['attempt']} at {at}: {error['type']}: {error['message']}")
-    if record.errors and record.errors[-1]["traceback"]:
-        click.echo(f"traceback of attempt {record.errors[-1]['attempt']}:")
-        for line in record.errors[-1]["traceback"].rstrip("\n").splitlines():
-            click.echo(f"  {line}")
+    if as_json:
+        _echo_json(record_json(record))
+        return
+    for line in record_lines(record):
+        click.echo(line)
+    if process_gone(record):
+        _echo_wrapped(GONE_NOTE, terminal_width())
 
 
 @cli.command("cancel", context_settings=dict(_ID_SETTINGS))
@@ -254,6 +261,106 @@ def purge_command(older_than: float) -> None:
     count = _store().purge(older_than)
     noun = "record" if count == 1 else "records"
     click.echo(f"Deleted {count} finished task {noun}.")
+
+
+@cli.command("stats")
+@_json_option
+def stats_command(as_json: bool) -> None:
+    """Count the tasks, by status and by pool.
+
+    That is how many tasks are in each status, how many are queued and
+    running in each pool, the pool's workers, and the tasks finished in the
+    last minute. With --json, bg.stats() as a JSON object.
+    """
+    stats = _bg().stats()
+    if as_json:
+        _echo_json(stats.to_dict())
+        return
+    width = terminal_width()
+    reach = "shared" if stats.shared else "this process only"
+    click.echo(f"Store: {stats.store} ({reach})   Backend: {stats.backend}")
+    click.echo()
+    statuses = list(stats.by_status)
+    counts = [str(stats.by_status[status]) for status in statuses]
+    by_status = [
+        Column("STATUS", [*statuses, "total"]),
+        Column("TASKS", [*counts, str(sum(stats.by_status.values()))], right=True),
+    ]
+    for line in table(by_status, width).lines:
+        click.echo(line)
+    click.echo()
+    click.echo(f"Finished in the last minute: {stats.finished_last_minute}")
+    pools = list(stats.pools.values())
+    if pools:
+        click.echo()
+        columns = [
+            Column("POOL", [pool.name for pool in pools], cut="end", comfortable=30, minimum=8),
+            Column("QUEUED", [str(pool.queued) for pool in pools], right=True),
+            Column("RUNNING", [str(pool.running) for pool in pools], right=True),
+            Column("WORKERS", [_workers(pool.workers, pool.max_workers) for pool in pools]),
+        ]
+        for line in table(columns, width).lines:
+            click.echo(line)
+    notes = []
+    if not stats.shared:
+        notes.append(_MEMORY_ONLY)
+    if not runtime_of(get_app()).remote:
+        notes.append(
+            f"WORKERS counts this command's own process only: with BGTASKS_BACKEND ="
+            f" {stats.backend!r}, each process of the app runs its tasks itself."
+        )
+    for note in notes:
+        click.echo()
+        _echo_wrapped(note, width)
+
+
+def _workers(workers: int | None, most: int | None) -> str:
+    """``2/4`` (now and at most), ``2`` (no most), or ``-`` (unknown)."""
+    if workers is None:
+        return "-"
+    return str(workers) if most is None else f"{workers}/{most}"
+
+
+@cli.command("retry", context_settings=dict(_ID_SETTINGS))
+@click.argument("task_id", metavar="ID")
+def retry_command(task_id: str) -> None:
+    """Run a task that has ended again.
+
+    Submits a new task with the same name and arguments as the task ID
+    (failed, cancelled or succeeded); its record's "retry of" is ID. Prints
+    the new task's id, and nothing else on stdout.
+
+    With an engine backend (RQ), its workers run the new task. Otherwise it
+    runs in this command's process, which waits for it to end.
+
+    Exits with code 1 if the store has no task with this id, or the task
+    can't run again (it has not ended, is not declared with @bg.task, or its
+    arguments were not JSON).
+    """
+    _record(_store(), task_id)
+    try:
+        handle = _bg().retry(task_id)
+    except UsageError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(handle.id)
+    click.echo(f"Task {handle.name!r} (id {task_id}) runs again as {handle.id}.", err=True)
+    runtime = runtime_of(get_app())
+    if runtime.remote:
+        return
+    click.echo(
+        f"It runs in this process (BGTASKS_BACKEND = {runtime.config.backend!r});"
+        " waiting for it to end.",
+        err=True,
+    )
+    try:
+        error = handle.exception()
+    except TaskCancelled:
+        click.echo("It was cancelled.", err=True)
+        return
+    if error is None:
+        click.echo("It succeeded.", err=True)
+    else:
+        click.echo(f"It failed: {type(error).__name__}: {error}", err=True)
 
 
 cli.add_command(worker_command)

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 import typing as t
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -12,6 +21,7 @@ from flask.testing import FlaskCliRunner
 
 from flask_bgtasks import BGTasks, TaskCancelled, TaskResult, TaskStatus, current_task
 from flask_bgtasks._cli import _parse_age, cli
+from flask_bgtasks._cli_format import ELLIPSIS, GONE_NOTE, width_of
 
 from .conftest import Gate
 
@@ -44,8 +54,9 @@ def cancel_runner(
     return make_app("other_app", BGTASKS_STORE=store_url).test_cli_runner()
 
 
-def run(runner: FlaskCliRunner, *args: str) -> click.testing.Result:
-    return runner.invoke(args=["bgtasks", *args])
+def run(runner: FlaskCliRunner, *args: str, columns: int = 200) -> click.testing.Result:
+    """``flask bgtasks ARGS`` in a terminal ``columns`` wide."""
+    return runner.invoke(args=["bgtasks", *args], env={"COLUMNS": str(columns)})
 
 
 def rows(output: str) -> dict[str, list[str]]:
@@ -141,19 +152,36 @@ def test_list_filters_by_status_and_limits(runner: FlaskCliRunner, statuses: Sta
     assert "Showing the 2 most recent tasks; use --limit to see more." in limited.output
 
 
-def test_list_keeps_long_progress_on_one_short_line(
-    app: Flask, bg: BGTasks, runner: FlaskCliRunner
+LONG = "Reading the file\nthat has a very long name.csv"
+#: Wide characters, which take two columns each.
+JAPANESE = "\u5831\u544a\u66f8\u3092\u4f5c\u6210\u3057\u3066\u3044\u307e\u3059" * 2
+
+
+@pytest.mark.parametrize(
+    ("message", "columns"),
+    [(LONG, 80), (LONG, 200), (JAPANESE, 80), (JAPANESE, 200)],
+    ids=["80", "200", "wide characters at 80", "wide characters at 200"],
+)
+def test_list_keeps_long_progress_on_one_line(
+    app: Flask, bg: BGTasks, runner: FlaskCliRunner, message: str, columns: int
 ) -> None:
-    @bg.task
+    @bg.task(name="myapp.talk")
     def talk() -> None:
-        current_task.set_progress(1, 2, "Reading the file\nthat has a very long name.csv")
+        current_task.set_progress(1, 2, message)
 
     with app.app_context():
         task = talk.submit()
     task.result(5)
-    result = run(runner, "list")
-    assert rows(result.output)[task.id][3] == "1/2 Reading the file that h..."
-    assert len(result.output.splitlines()) == 2
+    result = run(runner, "list", columns=columns)
+    lines = result.output.splitlines()
+    assert len(lines) == 2
+    assert max(width_of(line) for line in lines) <= columns
+    progress = " ".join(f"1/2 {message}".split())
+    shown = next(cell for cell in re.split(r"\s{2,}", lines[1]) if cell.startswith("1/2"))
+    if columns == 200:
+        assert shown == progress
+    else:  # cut where its room ends
+        assert shown.endswith(ELLIPSIS) and progress.startswith(shown[:-1])
 
 
 def test_list_without_tasks(runner: FlaskCliRunner) -> None:
@@ -251,14 +279,14 @@ def test_show_values_that_are_not_json(app: Flask, bg: BGTasks, runner: FlaskCli
     assert "result:           {1} (repr, not JSON)\n" in result.output
 
 
-@pytest.mark.parametrize("command", ["show", "cancel"])
+@pytest.mark.parametrize("command", ["show", "cancel", "retry"])
 def test_unknown_id(runner: FlaskCliRunner, command: str) -> None:
     result = run(runner, command, "nope")
     assert result.exit_code == 1
     assert result.output == f"Error: {UNKNOWN}\n"
 
 
-@pytest.mark.parametrize("command", ["show", "cancel"])
+@pytest.mark.parametrize("command", ["show", "cancel", "retry"])
 def test_id_starting_with_a_dash_is_no_option(runner: FlaskCliRunner, command: str) -> None:
     result = run(runner, command, "-0abc")
     assert result.exit_code == 1
@@ -391,3 +419,352 @@ def test_purge_needs_an_age(runner: FlaskCliRunner) -> None:
     result = run(runner, "purge")
     assert result.exit_code == 2
     assert "Missing option '--older-than'" in result.output
+
+
+# -- the terminal's width ----------------------------------------------------
+
+
+def cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+@pytest.mark.parametrize("columns", [50, 80, 100, 132, 200])
+def test_list_fits_the_terminal(runner: FlaskCliRunner, statuses: Statuses, columns: int) -> None:
+    result = run(runner, "list", columns=columns)
+    statuses.finish()
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 7
+    assert max(width_of(line) for line in lines) <= columns
+    for task in (statuses.queued, statuses.running, statuses.succeeded):
+        assert cells(next(line for line in lines if task.id in line))[0] == task.id
+
+
+def test_list_at_80_columns(runner: FlaskCliRunner, statuses: Statuses) -> None:
+    result = run(runner, "list", columns=80)
+    statuses.finish()
+    lines = result.output.splitlines()
+    # Full ids; the names cut at their start, which keeps the function's
+    # name; today's times as hh:mm:ss; no ATTEMPT and FINISHED.
+    assert cells(lines[0]) == ["ID", "NAME", "STATUS", "PROGRESS", "SUBMITTED"]
+    table = {row[0]: row for row in map(cells, lines[1:])}
+    s = statuses
+    name, status, progress, submitted = table[s.succeeded.id][1:]
+    assert name.startswith(ELLIPSIS) and name.endswith(".render")
+    assert s.succeeded.name.endswith(name[1:])
+    assert status == "succeeded"
+    assert progress.endswith(ELLIPSIS) and "3/10 Rendering".startswith(progress[:-1])
+    assert submitted == s.succeeded.submitted_at.astimezone().strftime("%H:%M:%S")
+    assert [row[2] for row in table.values()] == [
+        "queued",
+        "cancelled",
+        "running",
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+
+
+def test_list_at_200_columns(runner: FlaskCliRunner, statuses: Statuses) -> None:
+    result = run(runner, "list", columns=200)
+    statuses.finish()
+    table = rows(result.output)  # every column
+    s = statuses
+    assert table[s.succeeded.id][1] == s.succeeded.name  # not cut
+    assert s.succeeded.finished_at is not None
+    finished = s.succeeded.finished_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    assert table[s.succeeded.id][6] == finished
+    assert max(map(len, result.output.splitlines())) > 80
+
+
+def test_list_without_tasks_fits_80_columns(make_app: t.Callable[..., Flask]) -> None:
+    result = run(make_app().test_cli_runner(), "list", columns=80)
+    assert result.exit_code == 0
+    assert max(map(len, result.output.splitlines())) <= 80
+
+
+# -- --json ------------------------------------------------------------------
+
+
+def test_list_json(runner: FlaskCliRunner, statuses: Statuses) -> None:
+    every = run(runner, "list", "--json", columns=80)
+    failed = run(runner, "list", "--json", "--status", "failed")
+    limited = run(runner, "list", "--json", "--limit", "2")
+    statuses.finish()
+    assert every.exit_code == 0, every.output
+    records = json.loads(every.output)  # one document, and nothing else
+    s = statuses
+    order = (s.queued, s.cancelled, s.running, s.failed, s.resized, s.succeeded)
+    assert [record["id"] for record in records] == [task.id for task in order]
+    assert [record["status"] for record in records] == [
+        "queued",
+        "cancelled",
+        "running",
+        "failed",
+        "succeeded",
+        "succeeded",
+    ]
+    succeeded = records[-1]
+    assert succeeded["args"] == [10] and succeeded["kwargs"] == {"title": "report"}
+    assert succeeded["result"] == {"url": "/report.pdf"}
+    assert succeeded["progress"] == {"current": 3, "total": 10, "message": "Rendering"}
+    assert datetime.fromisoformat(succeeded["submitted_at"]) == s.succeeded.submitted_at
+    assert datetime.fromisoformat(succeeded["finished_at"]) == s.succeeded.finished_at
+    assert records[0]["started_at"] is None and records[0]["process_gone"] is False
+    error = records[3]["errors"][0]
+    assert (error["type"], error["message"]) == ("ValueError", "boom")
+    assert datetime.fromisoformat(error["at"]).tzinfo is not None
+    assert [record["id"] for record in json.loads(failed.output)] == [s.failed.id]
+    assert len(json.loads(limited.output)) == 2
+    assert "Showing" not in limited.output
+
+
+def test_list_json_without_tasks(runner: FlaskCliRunner) -> None:
+    result = run(runner, "list", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output) == []
+
+
+def test_show_json(app: Flask, bg: BGTasks, runner: FlaskCliRunner) -> None:
+    @bg.task
+    def render(pages: int, title: str = "") -> dict[str, str]:
+        return {"url": f"/{title}.pdf"}
+
+    with app.app_context():
+        task = render.submit(10, title="report")
+    task.result(5)
+    result = run(runner, "show", "--json", task.id)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["id"] == task.id and record["name"] == task.name
+    assert record["status"] == "succeeded" and record["result"] == {"url": "/report.pdf"}
+    assert record["retry_of"] is None and record["errors"] == []
+    assert datetime.fromisoformat(record["started_at"]) == task.started_at
+    # The app's JSON provider writes it, with the app's settings.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    assert run(runner, "show", task.id, "--json").output.startswith(f'{{"id": "{task.id}",')
+
+
+def test_show_json_unknown_id(runner: FlaskCliRunner) -> None:
+    result = run(runner, "show", "--json", "nope")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"Error: {UNKNOWN}\n"
+
+
+# -- stats -------------------------------------------------------------------
+
+
+def test_stats(runner: FlaskCliRunner, statuses: Statuses) -> None:
+    text = run(runner, "stats", columns=80)
+    data = run(runner, "stats", "--json")
+    statuses.finish()
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert lines[0] == "Store: sqlite (shared)   Backend: threads"
+    by_status = {row[0]: row[1] for row in map(cells, lines[2:9])}
+    assert by_status == {
+        "STATUS": "TASKS",
+        "queued": "1",
+        "running": "1",
+        "succeeded": "2",
+        "failed": "1",
+        "cancelled": "1",
+        "total": "6",
+    }
+    assert "Finished in the last minute: 4" in lines
+    pools = lines.index("Finished in the last minute: 4") + 2
+    assert cells(lines[pools]) == ["POOL", "QUEUED", "RUNNING", "WORKERS"]
+    assert cells(lines[pools + 1]) == ["default", "1", "1", "1/1"]
+    assert "WORKERS counts this command's own process only" in text.output
+
+    assert data.exit_code == 0, data.output
+    stats = json.loads(data.output)
+    assert stats["by_status"] == {
+        "queued": 1,
+        "running": 1,
+        "succeeded": 2,
+        "failed": 1,
+        "cancelled": 1,
+    }
+    assert stats["pools"]["default"] == {
+        "name": "default",
+        "queued": 1,
+        "running": 1,
+        "workers": 1,
+        "max_workers": 1,
+    }
+    assert stats["finished_last_minute"] == 4
+    assert (stats["store"], stats["shared"], stats["backend"]) == ("sqlite", True, "threads")
+
+
+def test_stats_memory_store_says_what_it_counts(make_app: t.Callable[..., Flask]) -> None:
+    result = run(make_app().test_cli_runner(), "stats", columns=80)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Store: memory (this process only)   Backend: threads\n")
+    assert "The memory store only holds the tasks" in result.output
+    assert max(map(len, result.output.splitlines())) <= 80
+
+
+# -- retry -------------------------------------------------------------------
+
+
+def test_retry_prints_the_new_id(app: Flask, bg: BGTasks, runner: FlaskCliRunner) -> None:
+    calls: list[int] = []
+
+    @bg.task
+    def flaky(number: int) -> int:
+        calls.append(number)
+        if len(calls) == 1:
+            raise ValueError("not yet")
+        return number * 2
+
+    with app.app_context():
+        first = flaky.submit(21)
+    assert isinstance(first.exception(5), ValueError)
+    result = run(runner, "retry", first.id)
+    assert result.exit_code == 0, result.output
+    new_id = result.stdout.strip()
+    assert result.stdout == f"{new_id}\n"  # nothing else, for scripts
+    assert new_id != first.id
+    assert f"runs again as {new_id}." in result.stderr
+    assert "It succeeded." in result.stderr  # it ran in this process
+    with app.app_context():
+        again = bg.get(new_id)
+    assert again is not None
+    assert again.result(5) == 42
+    assert again.record().retry_of == first.id
+    assert calls == [21, 21]
+    assert f"retry of:         {first.id}\n" in run(runner, "show", new_id).output
+
+
+def test_retry_unfinished_task(app: Flask, bg: BGTasks, gate: Gate, runner: FlaskCliRunner) -> None:
+    @bg.task
+    def hold() -> None:
+        gate()
+
+    with app.app_context():
+        task = hold.submit()
+    gate.wait_entered()
+    result = run(runner, "retry", task.id)
+    gate.open()
+    task.result(5)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"Error: Task {task.name!r} (id {task.id}) is still running: only a task"
+        " that has ended runs again. Cancel it first, or wait for it.\n"
+    )
+
+
+# -- a task whose process is gone --------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(30)
+    return process.pid
+
+
+def test_task_whose_process_is_gone(
+    app: Flask, bg: BGTasks, runner: FlaskCliRunner, store_url: str
+) -> None:
+    bg.store(app).records()  # the file and its table exist
+    here = socket.gethostname()
+    dead = dead_pid()
+    owners = {
+        "running-dead": ("running", f"{here}:{dead}"),
+        "queued--dead": ("queued", f"{here}:{dead}"),
+        "running-here": ("running", f"{here}:{os.getpid()}"),
+        "running-away": ("running", f"elsewhere.example:{dead}"),
+        "succeeded---": ("succeeded", f"{here}:{dead}"),
+    }
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db, db:
+        for number, (task_id, (status, owner)) in enumerate(owners.items()):
+            db.execute(
+                "INSERT INTO bgtasks_task (id, name, pool, durable, arguments, status,"
+                " owner, lease_until, submitted_at, started_at, finished_at, attempt)"
+                " VALUES (?, 'myapp.build_report', 'default', 0, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (
+                    task_id,
+                    '{"args":[],"kwargs":{}}',
+                    status,
+                    owner,
+                    now + 3600,  # no upkeep takes it over meanwhile
+                    now + number,
+                    now,
+                    now if status == "succeeded" else None,
+                ),
+            )
+
+    wide = {row[0]: row[2] for row in map(cells, run(runner, "list").output.splitlines()[1:])}
+    assert wide == {
+        "succeeded---": "succeeded",
+        "running-away": "running",  # another machine's: can't tell
+        "running-here": "running",
+        "queued--dead": "queued (process gone)",
+        "running-dead": "running (process gone)",
+    }
+    narrow = run(runner, "list", columns=80).output.splitlines()
+    assert max(map(len, narrow)) <= 80
+    statuses = {row[0]: row[2] for row in map(cells, narrow[1:6])}
+    assert statuses["queued--dead"] == statuses["running-dead"] == "orphaned"
+    assert statuses["running-away"] == "running"
+    assert narrow[6:] == ["orphaned: queued or running, but its process on this machine is gone."]
+
+    shown = run(runner, "show", "running-dead", columns=80).output
+    assert "status:           running (process gone)\n" in shown
+    assert f"process:          {here}:{dead} (gone)\n" in shown
+    note = shown.split("errors:           none\n")[1]
+    assert " ".join(note.split()) == GONE_NOTE
+    assert max(map(len, note.splitlines())) <= 80
+    assert "status:           running\n" in run(runner, "show", "running-away").output
+    gone = {
+        record["id"]: record["process_gone"]
+        for record in json.loads(run(runner, "list", "--json").output)
+    }
+    assert gone == {
+        "succeeded---": False,
+        "running-away": False,
+        "running-here": False,
+        "queued--dead": True,
+        "running-dead": True,
+    }
+    assert json.loads(run(runner, "show", "--json", "queued--dead").output)["process_gone"]
+
+
+def test_stats_and_retry_with_rq(
+    make_app: t.Callable[..., Flask], bg: BGTasks, redis_url: str
+) -> None:
+    """With an engine, retry only queues the new task, for the workers (none
+    here), and stats counts the engine's workers."""
+    app = make_app(BGTASKS_STORE=redis_url, BGTASKS_BACKEND="rq")
+    runner = app.test_cli_runner()
+
+    @bg.task
+    def noop() -> None:
+        pass
+
+    with app.app_context():
+        first = noop.submit()
+        assert first.cancel()
+    retried = run(runner, "retry", first.id)
+    assert retried.exit_code == 0, retried.output
+    new_id = retried.stdout.strip()
+    assert retried.stdout == f"{new_id}\n"
+    assert retried.stderr == f"Task {first.name!r} (id {first.id}) runs again as {new_id}.\n"
+    with app.app_context():
+        record = bg.store().record(new_id)
+    assert record is not None
+    assert (record.status, record.retry_of) == (TaskStatus.QUEUED, first.id)
+
+    stats = json.loads(run(runner, "stats", "--json").output)
+    assert stats["by_status"]["queued"] == stats["by_status"]["cancelled"] == 1
+    assert stats["pools"]["default"]["queued"] == 1
+    assert (stats["backend"], stats["store"], stats["shared"]) == ("rq", "redis", True)
+    text = run(runner, "stats", columns=80).output
+    assert cells(text.splitlines()[-1]) == ["default", "1", "0", "0"]  # no worker runs
+    assert "WORKERS counts" not in text
