@@ -76,6 +76,9 @@ class Config:
     #: Whether the HTTP status API is registered, and under which prefix.
     api: bool
     api_prefix: str
+    #: Whether the task dashboard is registered, and under which prefix.
+    dashboard: bool = False
+    dashboard_prefix: str = "/bgtasks"
     #: How a child process builds the app: BGTASKS_APP, else FLASK_APP.
     app_import: str | None = None
     #: Seconds a process task may run past its timeout before its child is
@@ -108,6 +111,8 @@ def set_defaults(config: t.MutableMapping[str, t.Any]) -> None:
     config.setdefault("BGTASKS_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES)
     config.setdefault("BGTASKS_API", False)
     config.setdefault("BGTASKS_API_PREFIX", "/tasks")
+    config.setdefault("BGTASKS_DASHBOARD", False)
+    config.setdefault("BGTASKS_DASHBOARD_PREFIX", "/bgtasks")
     config.setdefault("BGTASKS_APP", None)
     config.setdefault("BGTASKS_TIMEOUT_GRACE", 3.0)
     config.setdefault("BGTASKS_ENGINE_TIMEOUT", 3600.0)
@@ -205,7 +210,9 @@ def load(config: t.MutableMapping[str, t.Any]) -> Config:
             "BGTASKS_MAX_PAYLOAD_BYTES", config["BGTASKS_MAX_PAYLOAD_BYTES"], 1, none=True
         ),
         api=_bool("BGTASKS_API", config["BGTASKS_API"]),
-        api_prefix=_prefix(config["BGTASKS_API_PREFIX"]),
+        api_prefix=_prefix("BGTASKS_API_PREFIX", config["BGTASKS_API_PREFIX"]),
+        dashboard=_bool("BGTASKS_DASHBOARD", config["BGTASKS_DASHBOARD"]),
+        dashboard_prefix=_prefix("BGTASKS_DASHBOARD_PREFIX", config["BGTASKS_DASHBOARD_PREFIX"]),
         app_import=app_import,
         timeout_grace=grace,
         engine_timeout=_seconds("BGTASKS_ENGINE_TIMEOUT", config["BGTASKS_ENGINE_TIMEOUT"]),
@@ -352,8 +359,7 @@ def _lease(value: object) -> float:
     return seconds
 
 
-def _prefix(value: object) -> str:
-    key = "BGTASKS_API_PREFIX"
+def _prefix(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigTypeError(f"{key} must be a URL path such as '/tasks'; got {_show(value)}.")
     if not value.startswith("/") or value.endswith("/") or "<" in value or len(value) < 2:

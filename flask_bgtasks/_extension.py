@@ -64,6 +64,7 @@ class BGTasks(WebMixin):
         self._shutdown_hooks: list[t.Callable[[], object]] = []
         self._tasks: dict[str, Task[..., t.Any]] = {}
         self._authorize: t.Callable[[TaskRecord], bool] | None = None
+        self._authorize_dashboard: t.Callable[[], bool] | None = None
         if app is not None:
             self.init_app(app)
 
@@ -100,6 +101,14 @@ class BGTasks(WebMixin):
                 " init_app(): it gets each task's record and returns"
                 " whether the current user may see and cancel it."
             )
+        if config.dashboard and self._authorize_dashboard is None:
+            raise ConfigError(
+                "BGTASKS_DASHBOARD is True, but no dashboard authorization"
+                " callback is registered, and the dashboard must not show"
+                " every task to everyone. Decorate a function of no arguments"
+                " with @bg.authorize_dashboard before init_app(): it returns"
+                " whether the current user may open the dashboard."
+            )
         if not config.eager:  # eager mode starts no thread
             check_uwsgi(config.shutdown_timeout)
             app.before_request(check_waitress)
@@ -115,6 +124,14 @@ class BGTasks(WebMixin):
             from ._http import make_blueprint
 
             app.register_blueprint(make_blueprint(self, self._authorize, config.api_prefix))
+        if config.dashboard and self._authorize_dashboard is not None:
+            from ._dashboard import make_dashboard
+
+            app.register_blueprint(
+                make_dashboard(
+                    self, self._authorize_dashboard, self._authorize, config.dashboard_prefix
+                )
+            )
         runtime.install(app)
         drain_at_exit(self._drain_at_exit)
 

@@ -1,6 +1,7 @@
 """The parts of :class:`~flask_bgtasks.BGTasks` that serve HTTP: the
-authorization callback of the status API, and background views. The views
-themselves are in :mod:`._http`, imported when first used."""
+authorization callbacks of the status API and of the dashboard, and
+background views. The views themselves are in :mod:`._http` and
+:mod:`._dashboard`, imported when first used."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ if t.TYPE_CHECKING:
 
 A = t.TypeVar("A", bound=t.Callable[["TaskRecord"], bool])
 V = t.TypeVar("V", bound=t.Callable[..., t.Any])
+D = t.TypeVar("D", bound=t.Callable[[], bool])
 
 
 class WebMixin:
     """Mixed into :class:`~flask_bgtasks.BGTasks`, which holds the state."""
 
     _authorize: t.Callable[[TaskRecord], bool] | None
+    _authorize_dashboard: t.Callable[[], bool] | None
     _tasks: dict[str, Task[..., t.Any]]
 
     if t.TYPE_CHECKING:
@@ -48,6 +51,27 @@ class WebMixin:
         .. versionadded:: 0.1
         """
         self._authorize = fn
+        return fn
+
+    def authorize_dashboard(self, fn: D) -> D:
+        """Register the function that decides who may open the task
+        dashboard (:doc:`/dashboard`). Required when ``BGTASKS_DASHBOARD``
+        is on; register it before ``init_app``.
+
+        It is called in each request to the dashboard, without arguments,
+        and returns whether the current user may open it. A refused user
+        gets ``404`` on every dashboard URL. Each task the dashboard shows
+        must also pass :meth:`authorize`, if one is registered.
+
+        .. code-block:: python
+
+            @bg.authorize_dashboard
+            def is_admin():
+                return session.get("role") == "admin"
+
+        .. versionadded:: 0.1
+        """
+        self._authorize_dashboard = fn
         return fn
 
     @t.overload
