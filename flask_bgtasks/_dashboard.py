@@ -20,7 +20,7 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request,
 from werkzeug.exceptions import HTTPException
 
 from ._errors import UsageError
-from ._http import _ID, _check_same_origin, _Forbidden, _private
+from ._http import _ID, _check_same_origin, _Forbidden, _private, cancel_record
 from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
@@ -96,11 +96,7 @@ def make_dashboard(
     @bp.post("/tasks/<task_id>/cancel")
     def cancel(task_id: str) -> Response:
         _check_same_origin()
-        record = find(task_id)
-        if not record.done():
-            bg.cancel(task_id)
-            record = bg.store().record(task_id) or record
-        return _answer(jsonify(task=task_row(record)))
+        return _answer(jsonify(task=task_row(cancel_record(bg, find(task_id)))))
 
     @bp.post("/tasks/<task_id>/retry")
     def retry(task_id: str) -> Response:

@@ -69,11 +69,7 @@ def make_blueprint(
     @bp.post("/<task_id>/cancel")
     def cancel(task_id: str) -> Response:
         _check_same_origin()
-        record = find(task_id)
-        if not record.done():
-            bg.cancel(task_id)
-            record = bg.store().record(task_id) or record
-        response = _status_response(bg, record)
+        response = _status_response(bg, cancel_record(bg, find(task_id)))
         response.status_code = 202
         return response
 
@@ -390,3 +386,11 @@ def _view_response(record: TaskRecord) -> Response:
     # the view said otherwise.
     response.headers.setdefault("Cache-Control", "private, no-store")
     return response
+
+
+def cancel_record(bg: BGTasks, record: TaskRecord) -> TaskRecord:
+    """Cancel the task of ``record`` unless it has ended; its record after."""
+    if record.done():
+        return record
+    bg.cancel(record.id)
+    return bg.store().record(record.id) or record

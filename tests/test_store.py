@@ -132,6 +132,13 @@ def test_bad_store_import_path(
         make_app(BGTASKS_STORE=path)
 
 
+def store_url(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """BGTASKS_STORE for a store kind; Redis only when a test asks for it."""
+    if store == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"sqlite:///{tmp_path}/tasks.db" if store == "sqlite" else store
+
+
 @pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
 def test_a_finished_task_runs_again_linked_to_the_first(
     make_app: t.Callable[..., Flask],
@@ -140,11 +147,7 @@ def test_a_finished_task_runs_again_linked_to_the_first(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    url = {
-        "memory": "memory",
-        "sqlite": f"sqlite:///{tmp_path}/tasks.db",
-        "redis": request.getfixturevalue("redis_url") if store == "redis" else "",
-    }[store]
+    url = store_url(store, tmp_path, request)
     calls = []
 
     @bg.task
@@ -184,11 +187,7 @@ def test_stats_count_by_status_and_pool(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    url = {
-        "memory": "memory",
-        "sqlite": f"sqlite:///{tmp_path}/tasks.db",
-        "redis": request.getfixturevalue("redis_url") if store == "redis" else "",
-    }[store]
+    url = store_url(store, tmp_path, request)
 
     @bg.task
     def quick(value: int) -> int:
