@@ -20,7 +20,7 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request,
 from werkzeug.exceptions import HTTPException
 
 from ._errors import UsageError
-from ._http import _ID, _check_same_origin, _Forbidden, _private, cancel_record
+from ._http import TASK_ID, Forbidden, cancel_record, check_same_origin, private
 from ._record import TaskStatus
 
 if t.TYPE_CHECKING:
@@ -71,7 +71,7 @@ def make_dashboard(
             abort(404)
 
     def find(task_id: str) -> TaskRecord:
-        if not _ID.fullmatch(task_id):
+        if not TASK_ID.fullmatch(task_id):
             abort(404)
         record = bg.store().record(task_id)
         if record is None or not visible(record):
@@ -95,12 +95,12 @@ def make_dashboard(
 
     @bp.post("/tasks/<task_id>/cancel")
     def cancel(task_id: str) -> Response:
-        _check_same_origin()
+        check_same_origin()
         return _answer(jsonify(task=task_row(cancel_record(bg, find(task_id)))))
 
     @bp.post("/tasks/<task_id>/retry")
     def retry(task_id: str) -> Response:
-        _check_same_origin()
+        check_same_origin()
         record = find(task_id)
         if record.status not in RETRYABLE:
             return _failure(409, "Only a failed or cancelled task runs again from here.")
@@ -113,7 +113,7 @@ def make_dashboard(
         response.status_code = 201
         return _answer(response)
 
-    @bp.errorhandler(_Forbidden)  # the status API's same-origin check
+    @bp.errorhandler(Forbidden)  # the status API's same-origin check
     def forbidden(error: HTTPException) -> Response:
         return _failure(403, str(error.description))
 
@@ -130,7 +130,7 @@ def list_tasks(
     pool = args.get("pool", "")
     task_id = args.get("id", "").strip()
     if task_id:
-        found = bg.store().record(task_id) if _ID.fullmatch(task_id) else None
+        found = bg.store().record(task_id) if TASK_ID.fullmatch(task_id) else None
         records = [] if found is None else [found]
     else:
         wanted = TaskStatus(status) if status in {s.value for s in TaskStatus} else None
@@ -220,5 +220,5 @@ def _failure(code: int, message: str) -> Response:
 
 
 def _answer(response: Response) -> Response:
-    _private(response)  # it depends on who asks, and changes
+    private(response)  # it depends on who asks, and changes
     return response

@@ -36,7 +36,7 @@ if t.TYPE_CHECKING:
 
 #: What a task id looks like: URL-safe base64 of 16 random bytes (22
 #: characters); a little slack, and nothing else reaches a store.
-_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 #: Seconds a client should wait before it asks again about an unfinished task.
 RETRY_AFTER = 1
@@ -54,7 +54,7 @@ def make_blueprint(
 
     def find(task_id: str) -> TaskRecord:
         # Malformed, unknown, expired and forbidden ids all end here alike.
-        if not _ID.fullmatch(task_id):
+        if not TASK_ID.fullmatch(task_id):
             raise _NotFound()
         record = bg.store().record(task_id)
         if record is None or not authorize(record):
@@ -68,7 +68,7 @@ def make_blueprint(
 
     @bp.post("/<task_id>/cancel")
     def cancel(task_id: str) -> Response:
-        _check_same_origin()
+        check_same_origin()
         response = _status_response(bg, cancel_record(bg, find(task_id)))
         response.status_code = 202
         return response
@@ -81,7 +81,7 @@ def make_blueprint(
         record = find(task_id)
         stream = stream_with_context(_event_stream(bg, record))
         response = Response(stream, mimetype="text/event-stream")
-        _private(response)
+        private(response)
         response.headers["X-Accel-Buffering"] = "no"  # nginx: don't buffer the stream
         return response
 
@@ -110,8 +110,8 @@ def make_blueprint(
     def not_found(error: _NotFound) -> tuple[Response, int]:
         return _error(404, "No task with this id."), 404
 
-    @bp.errorhandler(_Forbidden)
-    def forbidden(error: _Forbidden) -> tuple[Response, int]:
+    @bp.errorhandler(Forbidden)
+    def forbidden(error: Forbidden) -> tuple[Response, int]:
         return _error(403, str(error.description)), 403
 
     return bp
@@ -121,17 +121,17 @@ class _NotFound(HTTPException):
     code = 404
 
 
-class _Forbidden(HTTPException):
+class Forbidden(HTTPException):
     code = 403
 
 
 def _error(code: int, message: str) -> Response:
     response = jsonify(error={"code": code, "message": message})
-    _private(response)
+    private(response)
     return response
 
 
-def _private(response: Response) -> None:
+def private(response: Response) -> None:
     # Every answer depends on who asks. Vary names the cookie even when the
     # authorization callback did not read the session, so that the headers
     # of a refused task and of an unknown id are the same.
@@ -139,7 +139,7 @@ def _private(response: Response) -> None:
     response.vary.add("Cookie")
 
 
-def _check_same_origin() -> None:
+def check_same_origin() -> None:
     """Refuse a state change that a page of another site could have sent.
 
     A cross-site form or script can't set a custom header without the
@@ -148,7 +148,7 @@ def _check_same_origin() -> None:
     ``Origin``.
     """
     if not request.headers.get("X-Requested-With"):
-        raise _Forbidden(
+        raise Forbidden(
             "Send the header 'X-Requested-With' (any value) to cancel a task:"
             " it shows that the request does not come from a form of another site."
         )
@@ -157,7 +157,7 @@ def _check_same_origin() -> None:
     if (site is not None and site not in ("same-origin", "none")) or (
         origin is not None and urlsplit(origin).netloc != request.host
     ):
-        raise _Forbidden("Tasks can only be cancelled from pages of this site.")
+        raise Forbidden("Tasks can only be cancelled from pages of this site.")
 
 
 def status_json(bg: BGTasks, record: TaskRecord) -> dict[str, t.Any]:
@@ -229,7 +229,7 @@ def _no_nan(constant: str) -> t.NoReturn:
 
 def _status_response(bg: BGTasks, record: TaskRecord) -> Response:
     response = jsonify(status_json(bg, record))
-    _private(response)  # a status changes: no proxy or browser may keep it
+    private(response)  # a status changes: no proxy or browser may keep it
     if not record.done():
         response.headers["Retry-After"] = str(RETRY_AFTER)
     return response
