@@ -26,6 +26,7 @@ from ._options import TaskOptions
 from ._record import TaskRecord, TaskStatus
 from ._result import TaskResult
 from ._shutdown import ShutdownSummary, install_sigterm_handler, quick_stop
+from ._stats import PoolStats, TaskStats
 from ._task import Task
 
 #: The handle of a task in a shared store: now the same class as every
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigTypeError",
     "InvalidTaskError",
     "PayloadTooLarge",
+    "PoolStats",
     "QueueFull",
     "ShutdownError",
     "ShutdownSummary",
@@ -54,6 +56,7 @@ __all__ = [
     "TaskRecord",
     "TaskResult",
     "TaskSnapshot",
+    "TaskStats",
     "TaskStatus",
     "TaskTimeout",
     "UsageError",
