@@ -89,7 +89,8 @@ class Admission:
         )
         if durable:
             self._check_durable(task)
-            check_json(message)
+            if self.engine is None:  # an engine checks it below
+                check_json(message)
         call = task.fn
         if self.engine is not None:
             where = f"runs on a worker of BGTASKS_BACKEND = {self.engine!r}"
@@ -102,7 +103,11 @@ class Admission:
                     " function was submitted with bg.submit). Declare it with"
                     " @bg.task, with a unique name."
                 )
-            message, call = json_round_trip(message, call, self.engine)
+            if self.config.eager:
+                # Run here, but as a worker would get it: through JSON.
+                message, call = json_round_trip(message, call, self.engine)
+            else:
+                check_json(message, engine=self.engine)
         elif options.pool in self.process_pools:
             self._refuse_captures(task, f"runs in a child process (pool {message.pool!r})")
             if not self.config.eager:

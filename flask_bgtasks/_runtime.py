@@ -346,7 +346,8 @@ class Runtime(ProcessLocal):
 
     def stats(self) -> TaskStats:
         """The store's counts and the backend's workers, now."""
-        unfinished = [execution.handle.record() for execution in self.unfinished()]
+        # Read only for a memory store, which needs them.
+        unfinished = (execution.handle.record() for execution in self.unfinished())
         return collect_stats(self.store, self.backend, unfinished, self.config)
 
     def unfinished(self) -> list[Execution]:

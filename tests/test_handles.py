@@ -265,7 +265,9 @@ def test_cancel_by_id(make_app: t.Callable[..., Flask], bg: BGTasks, gate: Gate)
 # -- the Future side of a live handle -----------------------------------------
 
 
-def test_status_agrees_with_the_future_during_a_retry_wait(app: Flask, bg: BGTasks) -> None:
+def waiting_for_retry(app: Flask, bg: BGTasks) -> TaskResult[None]:
+    """A task whose first attempt failed, and that waits 30 s for its retry.
+    Call in an app context."""
     waiting = threading.Event()
 
     @app.teardown_appcontext
@@ -279,9 +281,14 @@ def test_status_agrees_with_the_future_during_a_retry_wait(app: Flask, bg: BGTas
     def flaky() -> None:
         raise Flaky("try again")
 
+    handle = flaky.submit()
+    assert waiting.wait(10)
+    return handle
+
+
+def test_status_agrees_with_the_future_during_a_retry_wait(app: Flask, bg: BGTasks) -> None:
     with app.app_context():
-        handle = flaky.submit()
-        assert waiting.wait(10)
+        handle = waiting_for_retry(app, bg)
         assert handle.status is TaskStatus.QUEUED
         assert handle.running() is False
         assert handle.done() is False
@@ -305,20 +312,8 @@ def test_cancel_during_a_retry_wait_cancels_at_once(app: Flask, bg: BGTasks) -> 
     # During a retry wait the handle says queued, not running and not done;
     # so, as for any Future, and as cancel() documents for a queued task,
     # cancel() must succeed at once and return True.
-    waiting = threading.Event()
-
-    @app.teardown_appcontext
-    def attempt_over(exc: BaseException | None) -> None:
-        if isinstance(exc, Flaky):
-            waiting.set()
-
-    @bg.task(retries=1, retry_backoff=30, retry_on=Flaky)
-    def flaky() -> None:
-        raise Flaky("try again")
-
     with app.app_context():
-        handle = flaky.submit()
-        assert waiting.wait(10)
+        handle = waiting_for_retry(app, bg)
         assert not handle.running() and not handle.done()
         try:
             assert handle.cancel() is True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import typing as t
 
-from .._errors import ConfigError, ConfigTypeError, UsageError
+from .._errors import ConfigError, ConfigTypeError, ShutdownError, UsageError
 from .._imports import import_path
 
 if t.TYPE_CHECKING:
@@ -160,6 +160,38 @@ class Backend(abc.ABC):
             f"There is no task pool named {pool!r} in {self.name!r}; the pools"
             f" are: {known}. Add it to BGTASKS_POOLS or fix the task's 'pool'."
         )
+
+
+class NothingHeldHere(Backend):
+    """A backend that holds no queue and no worker in this process: eager
+    mode runs each message inside ``submit``, an engine sends it to its
+    workers. Shutdown only stops it from accepting messages.
+
+    .. versionadded:: 0.1
+    """
+
+    _closed = False
+
+    def check_open(self) -> None:
+        """:raises ShutdownError: After :meth:`close`."""
+        if self._closed:
+            raise ShutdownError(
+                f"{self.name!r} is shut down and accepts no new tasks."
+                " Submit before shutdown(), or create a new app."
+            )
+
+    def join(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
+        self._closed = True
+        return []
+
+    def wait(self, deadline: float | None = None) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
 
 
 def backend_class(spec: str) -> type[Backend]:

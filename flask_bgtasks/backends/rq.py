@@ -21,9 +21,9 @@ import signal
 import threading
 import typing as t
 
-from .._errors import ShutdownError, UsageError
+from .._errors import UsageError
 from .._redis import client, import_redis, unavailable_as
-from . import Backend, Run
+from . import Backend, NothingHeldHere, Run
 
 if t.TYPE_CHECKING:
     from .._config import Config, PoolConfig
@@ -52,7 +52,7 @@ def _import_rq() -> t.Any:
     return rq
 
 
-class RQBackend(Backend):
+class RQBackend(NothingHeldHere):
     """Queue tasks on RQ, in the Redis of ``BGTASKS_STORE``.
 
     :param url: The Redis URL.
@@ -88,7 +88,6 @@ class RQBackend(Backend):
             pool: rq.Queue(queue_name(pool), connection=self.connection, serializer=JSONSerializer)
             for pool in pools
         }
-        self._closed = False
 
     @classmethod
     def from_config(cls, config: Config, name: str, run: Run) -> Backend:
@@ -121,11 +120,7 @@ class RQBackend(Backend):
             queue = self.queues[message.pool]
         except KeyError:
             raise self.unknown_pool(message.pool) from None
-        if self._closed:
-            raise ShutdownError(
-                f"{self.name!r} is shut down and accepts no new tasks."
-                " Submit before shutdown(), or create a new app."
-            )
+        self.check_open()
         with unavailable_as(self.url, f"queue task {message.name!r}"):
             if message.attempt:
                 # Taken over from a dead worker: its old job leaves RQ's
@@ -179,20 +174,6 @@ class RQBackend(Backend):
                 pool: (Worker.count(connection=self.connection, queue=queue), None)
                 for pool, queue in self.queues.items()
             }
-
-    def join(self, timeout: float | None = None) -> bool:
-        return True  # nothing runs in this process
-
-    def close(self, cancel_pending: bool = False) -> list[TaskMessage]:
-        # The queued tasks are in Redis, for the workers: nothing to cancel.
-        self._closed = True
-        return []
-
-    def wait(self, deadline: float | None = None) -> bool:
-        return True
-
-    def stop(self) -> None:
-        pass
 
     def work(self, pools: t.Collection[str], *, burst: bool, fork: bool) -> None:
         """Run an RQ worker for ``pools`` in this process until it is
