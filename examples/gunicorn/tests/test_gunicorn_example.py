@@ -314,7 +314,10 @@ def test_cancel_through_another_worker(start: t.Callable[..., Example]) -> None:
         code, body, _ = example.request(f"/tasks/{queued}/cancel", "POST")
         assert (code, body["status"], body["started_at"]) == (202, "cancelled", None)
         code, body, _ = example.request(f"/tasks/{running}/cancel", "POST")
-        assert (code, body["status"], body["cancel_requested"]) == (202, "running", True)
+        # The runner, in the other worker, may see the request and stop
+        # between the cancel and the read that answers it: either is true.
+        assert (code, body["cancel_requested"]) == (202, True)
+        assert body["status"] in {"running", "cancelled"}
     # The runner sees the request at its next step, and stops there.
     state = wait_for(example, running, "cancelled", 10)
     assert state["progress"]["current"] < 100
