@@ -44,9 +44,20 @@ from ._errors import UsageError
     is_flag=True,
     help="Run each task in a process forked for it (RQ's Worker) rather than in the worker.",
 )
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Log warnings and errors only, not a line for each task's steps.",
+)
 @click.pass_context
 def worker_command(
-    ctx: click.Context, pools: tuple[str, ...], processes: int, burst: bool, fork: bool
+    ctx: click.Context,
+    pools: tuple[str, ...],
+    processes: int,
+    burst: bool,
+    fork: bool,
+    quiet: bool,
 ) -> None:
     """Run workers of the engine backend (BGTASKS_BACKEND = 'rq') for the
     app's task pools. Stop them with SIGTERM or Ctrl-C: each finishes its
@@ -73,11 +84,12 @@ def worker_command(
             param_hint="--pool",
         )
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        level = logging.WARNING if quiet else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
 
     def work() -> None:
         try:
-            runtime.backend.work(chosen, burst=burst, fork=fork)
+            runtime.backend.work(chosen, burst=burst, fork=fork, quiet=quiet)
         except UsageError as exc:
             raise click.ClickException(str(exc)) from None
 

@@ -1,7 +1,7 @@
 """The web side of an engine backend (RQ): a task is recorded in the store
-that every machine sees, then its message goes to the engine's queue, and
-the caller gets a handle that reads the store. Nothing of the task stays in
-this process.
+that every machine sees and its message goes to the engine's queue, in one
+step, and the caller gets a handle that reads the store. Nothing of the
+task stays in this process.
 
 The worker side is :meth:`Runtime.perform <._runtime.Runtime.perform>`,
 which runs a received message with the same run function as a thread pool;
@@ -51,17 +51,12 @@ def register_runtime(app: Flask, runtime: Runtime) -> None:
 
 
 def send(app: Flask, store: TaskStore, backend: Backend, message: TaskMessage) -> TaskResult[t.Any]:
-    """Record the task, then queue it; if the engine refuses it, the record
-    is removed again, so nothing is left half done."""
+    """Record the task and queue it, both or neither (the backend sees to
+    that), and return a handle that reads the store."""
     snapshot = TaskSnapshot(
         message, TaskStatus.QUEUED, message.attempt, None, message.errors, False, None, None
     )
-    store.add(snapshot)
-    try:
-        backend.submit(message)
-    except BaseException:
-        store.discard(message.id)
-        raise
+    backend.send(store, snapshot)
     handle = TaskResult.from_record(store, snapshot.record(None), backend.stop_task)
     if signals.task_submitted.receivers:
         signals.task_submitted.send(app, task=handle)

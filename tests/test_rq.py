@@ -98,13 +98,15 @@ def test_the_same_task_code_runs_on_a_worker(engine: t.Any, redis_url: str, tmp_
     retried = record(engine, flaky.id)
     assert (retried.attempt, len(retried.errors)) == (2, 1)
     assert retried.errors[0]["type"] == "ConnectionError"
+    assert f"Job OK ({added.id})" in process.output  # RQ's line for each job
     # bg.retry: the same task again, on a worker, linked to the first.
     with engine.app.app_context():
         again = engine.bg.retry(added.id)
-    run_burst(redis_url, tmp_path)
+    quiet = run_burst(redis_url, tmp_path, "--quiet")
     with engine.app.app_context():
         assert again.result(5) == 5
     assert record(engine, again.id).retry_of == added.id
+    assert again.id not in quiet.output and "INFO" not in quiet.output
 
 
 @pytest.mark.timeout(60)

@@ -22,7 +22,8 @@ from .._imports import import_path
 if t.TYPE_CHECKING:
     from .._config import Config, PoolConfig
     from .._execution import Execution
-    from .._message import TaskMessage
+    from .._message import TaskMessage, TaskSnapshot
+    from ..stores import TaskStore
 
 #: Runs one message in the calling thread, from its first attempt to its end.
 Run = t.Callable[["TaskMessage"], None]
@@ -65,8 +66,8 @@ class Backend(abc.ABC):
 
     #: ``True`` for an engine whose workers run the tasks in other processes,
     #: maybe on other machines (RQ): the runtime then keeps nothing of a
-    #: task here, records it in a store that every machine sees, and sends
-    #: its message as JSON.
+    #: task here, and :meth:`send` records it in a store that every machine
+    #: sees and sends its message as JSON.
     remote: t.ClassVar[bool] = False
 
     #: Set by the runtime before the first submit, for a backend that runs
@@ -103,6 +104,14 @@ class Backend(abc.ABC):
         """Wait until no message is queued or running; ``False`` at the
         timeout."""
 
+    def send(self, store: TaskStore, snapshot: TaskSnapshot) -> None:
+        """A :attr:`remote` backend's submit: record the new task in
+        ``store`` and queue its message, both or neither.
+
+        :raises StoreUnavailable: If neither happened for that reason.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is remote, so it must define send().")
+
     # Shutdown comes in three steps, so that every app's backend can be
     # taken through each step together, under one deadline.
 
@@ -123,10 +132,13 @@ class Backend(abc.ABC):
         """At the deadline: start none of the messages still queued. The
         runtime then cancels them, and ends the running ones."""
 
-    def work(self, pools: t.Collection[str], *, burst: bool, fork: bool) -> None:
+    def work(
+        self, pools: t.Collection[str], *, burst: bool, fork: bool, quiet: bool = False
+    ) -> None:
         """Run this process as a worker of the engine for ``pools``, until
         stopped (or, with ``burst``, until their queues are empty): what
-        ``flask bgtasks worker`` calls.
+        ``flask bgtasks worker`` calls. ``quiet``: the engine logs warnings
+        and errors only.
 
         :raises UsageError: For a backend that runs tasks in the app's own
             processes, which has no workers of its own.

@@ -27,7 +27,8 @@ from . import Backend, NothingHeldHere, Run
 
 if t.TYPE_CHECKING:
     from .._config import Config, PoolConfig
-    from .._message import TaskMessage
+    from .._message import TaskMessage, TaskSnapshot
+    from ..stores import TaskStore
 
 logger = logging.getLogger("flask_bgtasks")
 
@@ -115,28 +116,56 @@ class RQBackend(NothingHeldHere):
             return int(timeout + self.grace) + 1
         return -1 if self.engine_timeout is None else int(self.engine_timeout)
 
+    def send(self, store: TaskStore, snapshot: TaskSnapshot) -> None:
+        """Record the task and queue its job in one Redis transaction, so
+        that a lost connection leaves both undone: one round trip."""
+        from ..stores.redis import RedisStore
+
+        if not isinstance(store, RedisStore):
+            raise UsageError(
+                f"BGTASKS_BACKEND = 'rq' keeps its records in the Redis store, not in {store!r}."
+            )
+        message = snapshot.message
+        queue = self._queue(message.pool)
+        with unavailable_as(self.url, f"record and queue task {message.name!r}"):
+            pipe = self.connection.pipeline(transaction=True)
+            pipe.multi()  # before the store's writes, as RQ wants
+            store.add(snapshot, pipe)
+            self._enqueue(queue, message, pipe)
+            pipe.execute()
+
     def submit(self, message: TaskMessage) -> None:
-        try:
-            queue = self.queues[message.pool]
-        except KeyError:
-            raise self.unknown_pool(message.pool) from None
-        self.check_open()
+        """Queue a task that is recorded already: one taken over from a
+        dead worker."""
+        queue = self._queue(message.pool)
         with unavailable_as(self.url, f"queue task {message.name!r}"):
             if message.attempt:
-                # Taken over from a dead worker: its old job leaves RQ's
-                # registries first, where RQ's cleanup would fail it later.
+                # Its old job leaves RQ's registries first, where RQ's
+                # cleanup would fail it later.
                 self._delete_job(message.id)
-            queue.enqueue(
-                ENTRY,
-                message.to_json(),
-                job_id=message.id,
-                job_timeout=self.hard_limit(message),
-                # Our store keeps the outcome. 1 s rather than 0, which makes
-                # RQ delete the job with 7 more round trips; it expires instead.
-                result_ttl=1,
-                failure_ttl=FAILURE_TTL,
-                description=f"{message.name} (task {message.id})",
-            )
+            self._enqueue(queue, message)
+
+    def _queue(self, pool: str) -> t.Any:
+        try:
+            queue = self.queues[pool]
+        except KeyError:
+            raise self.unknown_pool(pool) from None
+        self.check_open()
+        return queue
+
+    def _enqueue(self, queue: t.Any, message: TaskMessage, pipeline: t.Any = None) -> None:
+        queue.enqueue(
+            ENTRY,
+            message.to_json(),
+            job_id=message.id,
+            job_timeout=self.hard_limit(message),
+            # Our store keeps the outcome. 1 s rather than 0, which makes
+            # RQ delete the job with 7 more round trips; it expires instead.
+            result_ttl=1,
+            failure_ttl=FAILURE_TTL,
+            description=f"{message.name} (task {message.id})",
+            pipeline=pipeline,
+        )
 
     def _delete_job(self, job_id: str) -> None:
         from rq.exceptions import NoSuchJobError
@@ -175,7 +204,9 @@ class RQBackend(NothingHeldHere):
                 for pool, queue in self.queues.items()
             }
 
-    def work(self, pools: t.Collection[str], *, burst: bool, fork: bool) -> None:
+    def work(
+        self, pools: t.Collection[str], *, burst: bool, fork: bool, quiet: bool = False
+    ) -> None:
         """Run an RQ worker for ``pools`` in this process until it is
         stopped (SIGTERM or Ctrl-C: the running task finishes first) or,
         with ``burst``, until the queues are empty. If Redis goes away, wait
@@ -196,7 +227,8 @@ class RQBackend(NothingHeldHere):
         while True:
             try:
                 worker = worker_class(names, connection=connection, side=side)
-                worker.work(burst=burst, logging_level=None)
+                # RQ's loggers are at INFO unless told otherwise.
+                worker.work(burst=burst, logging_level="WARNING" if quiet else None)
             except redis.RedisError as exc:
                 # RQ gives up on some lost connections (and its teardown then
                 # fails too): this one waits for Redis instead.

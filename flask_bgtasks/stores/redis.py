@@ -39,6 +39,8 @@ from ._redis_scripts import Scripts
 from ._redis_upkeep import Upkeep
 
 if t.TYPE_CHECKING:
+    from redis.client import Pipeline
+
     from .._message import TaskSnapshot
     from .._stats import Counts
 
@@ -128,7 +130,10 @@ class RedisStore(TaskStore, ProcessLocal):
 
     # -- the life of a task ---------------------------------------------
 
-    def add(self, snapshot: TaskSnapshot) -> None:
+    def add(self, snapshot: TaskSnapshot, pipeline: Pipeline | None = None) -> None:
+        """Record a new task. With ``pipeline``, a transaction on the same
+        Redis, the writes join it and the caller executes it: an engine
+        queues the task's job in the same transaction."""
         message = snapshot.message
         arguments = arguments_json(message, self.max_payload_bytes)
         self.check_process()
@@ -153,12 +158,13 @@ class RedisStore(TaskStore, ProcessLocal):
         }
         index, _, leases = self._keys
         with unavailable_as(self.url, f"record task {message.name!r}"):
-            pipe = self._redis.pipeline(transaction=True)
+            pipe = self._redis.pipeline(transaction=True) if pipeline is None else pipeline
             pipe.hset(self._key(message.id), mapping=t.cast(t.Any, fields))
             pipe.zadd(index, {message.id: message.submitted_at})
             if held:
                 pipe.zadd(leases, {message.id: time.time() + self.lease})
-            pipe.execute()
+            if pipeline is None:
+                pipe.execute()
         if held:
             self._held.add(message.id)
 
