@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import threading
 import typing as t
 
 import flask
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell without job control starts a background command ('pytest &'
+    # in a script) with SIGINT ignored, which Python then leaves alone and
+    # every server a test starts inherits: the tests that press Ctrl-C would
+    # wait for an exit that never comes. Python's own handler instead, which
+    # the servers see as the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -108,7 +108,8 @@ class Backend(abc.ABC):
         """A :attr:`remote` backend's submit: record the new task in
         ``store`` and queue its message, both or neither.
 
-        :raises StoreUnavailable: If neither happened for that reason.
+        :raises StoreUnavailable: If the store or the engine can't be
+            reached; then neither happened.
         """
         raise NotImplementedError(f"{type(self).__name__} is remote, so it must define send().")
 
