@@ -45,7 +45,7 @@ def gone(pid: int) -> bool:
     whose parent died may be reparented to an init that never reaps)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped while read
         return True
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 

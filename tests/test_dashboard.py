@@ -234,6 +234,7 @@ def test_filters_and_search(dash: Dash, admin: flask.testing.FlaskClient, gate: 
     gate.wait_entered()
     queued = submit(dash, "held")
     report = submit(dash, "report", 2)
+    wait_status(dash, report, "running")  # its pool's thread starts it; it holds at step 0
 
     def ids(query: str) -> list[str]:
         data = admin.get("/bgtasks/tasks.json" + query).json

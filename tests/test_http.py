@@ -1390,6 +1390,7 @@ def test_other_app_cancels_a_queued_task(
     ids = start_in_request(worker, held, queued)
     running_id, queued_id = ids
     gate.wait_entered()
+    bg.store(worker).flush()  # the start is written behind
     client = other.test_client()
     assert get_status(client, running_id)["status"] == "running"
     assert get_status(client, queued_id)["status"] == "queued"
@@ -1411,6 +1412,7 @@ def test_other_app_cancels_a_running_task(
     worker, other = two_apps
     [task_id] = start_in_request(worker, held)
     gate.wait_entered()
+    bg.store(worker).flush()  # the start is written behind
     client = other.test_client()
     response = ask_cancel(client, task_id, "DELETE")
     assert response.status_code == 202

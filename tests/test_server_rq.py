@@ -257,6 +257,15 @@ def test_durable_tasks_of_a_killed_worker_run_on_the_other(cluster: Cluster) -> 
     final = wait_until_done(web, ids, deadline=DEADLINE)
     with ThreadPoolExecutor(CLIENTS) as clients:
         processes = dict(zip(ids, clients.map(lambda i: process_of(web, i), ids)))
+
+    def take_over_logged() -> bool:
+        return any(
+            f"(id {killed})" in line and TAKEN_OVER in line and "(attempt 2)" in line
+            for line in (rescuer.output + web.output).splitlines()
+        )
+
+    # The output of a process is read a moment after it is written.
+    wait_for(take_over_logged, 10, f"its take-over in the log:\n{rescuer.output}{web.output}")
     output = rescuer.output + web.output
 
     events = cluster.events()
@@ -277,10 +286,6 @@ def test_durable_tasks_of_a_killed_worker_run_on_the_other(cluster: Cluster) -> 
         effects = [(e, pid, a) for e, pid, a in events[task_id] if e.startswith("effect")]
         assert effects == [("effect", rescuer_pid, attempt)], events[task_id]
     assert cluster.markers() == sorted(f"{i}.{final[i]['attempt']}" for i in ids)
-    assert any(
-        f"(id {killed})" in line and TAKEN_OVER in line and "(attempt 2)" in line
-        for line in output.splitlines()
-    ), output
     assert "Traceback" not in output, output
 
 

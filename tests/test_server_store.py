@@ -161,8 +161,8 @@ def test_durable_tasks_of_a_killed_worker_run_again_elsewhere(tmp_path: Path) ->
         (tmp_path / "gate").touch()  # the next attempts run through
         final = wait_until_done(server, ids, deadline=DEADLINE)
         survivors = server.children()
-        output = server.output
-
+    # Read once the server is stopped: by then every line it wrote is read.
+    output = server.output
     assert f"Worker (pid:{victim}) was sent SIGKILL" in output, output
     events = events_by_task(tmp_path)
     for n, task_id in enumerate(ids):
@@ -180,6 +180,14 @@ def two_running_three_queued(server: Server, tmp_path: Path, ids: list[str], vic
         10,
         f"the first two tasks to start:\n{server.output}",
     )
+
+    def started_in_the_store() -> bool:
+        # The victim writes a start behind, a moment after the task logged
+        # it: until it is committed, another worker reads "queued".
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            return all(a["status"] == "running" for a in look_up_all(server, clients, ids[:2]))
+
+    wait_for(started_in_the_store, 10, f"the first two tasks to be running:\n{server.output}")
     with ThreadPoolExecutor(CLIENTS) as clients:
         before = look_up_all(server, clients, ids)
     assert [a["status"] for a in before] == ["running"] * 2 + ["queued"] * 3, before
@@ -237,7 +245,10 @@ def test_durable_tasks_survive_a_killed_server(tmp_path: Path) -> None:
         second.wait_ready("/pid")  # the lookups start the upkeep of the workers
         final = wait_until_done(second, ids, deadline=DEADLINE)
         rescuers = second.children()
-        output = second.output
+        # The upkeep logs the lost task just after it marked it failed.
+        wait_for(lambda: logged(second.output, ids[0], LOST), 10, "the lost task's log line")
+    # Read once the server is stopped: by then every line it wrote is read.
+    output = second.output
 
     events = events_by_task(tmp_path)
     plain, *durable = ids
