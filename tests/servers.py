@@ -24,6 +24,19 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def no_control_socket() -> list[str]:
+    """Gunicorn's option that turns off its control socket, where it has one.
+
+    Gunicorn 25.1 and later open a control socket (in the working directory,
+    ~/.gunicorn or $XDG_RUNTIME_DIR, depending on the version), which servers
+    started side by side would fight over, and which adds a thread to the
+    master.
+    """
+    import gunicorn
+
+    return ["--no-control-socket"] if gunicorn.version_info >= (25, 1) else []
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

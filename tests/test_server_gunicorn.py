@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-gunicorn_package = pytest.importorskip("gunicorn")
+pytest.importorskip("gunicorn")
 
 from tests.server_apps.taskapp import read_log
-from tests.servers import BIN, Server, thread_count, wait_for
+from tests.servers import BIN, Server, no_control_socket, thread_count, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
 WORKER_OPTIONS = {
@@ -40,18 +40,12 @@ SUMMARY = re.compile(
 )
 
 
-# Gunicorn 25.1 and later open a control socket (in the working directory,
-# ~/.gunicorn or $XDG_RUNTIME_DIR, depending on the version), which servers
-# started side by side would fight over, and which adds a thread to the master.
-NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
-
-
 def gunicorn(*options: str) -> list[str]:
     return [
         str(BIN / "gunicorn"),
         "-b",
         "127.0.0.1:{port}",
-        *NO_CONTROL_SOCKET,
+        *no_control_socket(),
         *options,
         "taskapp:create_app()",
     ]

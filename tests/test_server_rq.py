@@ -25,18 +25,15 @@ from pathlib import Path
 
 import pytest
 
-gunicorn_package = pytest.importorskip("gunicorn")
+pytest.importorskip("gunicorn")
 pytest.importorskip("rq")
 
 from tests.redis_server import RedisServer
 from tests.server_apps.traces import Events, events_by_task, markers, starts
 from tests.server_lookups import CLIENTS, Answer, look_up, look_up_all, post, wait_until_done
-from tests.servers import BIN, Server, gone, wait_for
+from tests.servers import BIN, Server, gone, no_control_socket, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
-# Gunicorn 25.1 and later open a control socket that servers started side by
-# side would fight over (see test_server_gunicorn.py).
-NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
 #: The longest any test waits for its tasks to end.
 DEADLINE = 60
 #: The longest a worker may take to exit once asked to and its task ended.
@@ -82,7 +79,7 @@ class Cluster:
     def web(self, workers: int) -> Server:
         """Gunicorn with ``workers`` sync workers, answering."""
         home, env = self._machine("web")
-        command = [str(BIN / "gunicorn"), "-b", "127.0.0.1:{port}", *NO_CONTROL_SOCKET]
+        command = [str(BIN / "gunicorn"), "-b", "127.0.0.1:{port}", *no_control_socket()]
         command += ["-w", str(workers), "rqapp:create_app()"]
         server = self._stack.enter_context(Server(command, home, env))
         server.wait_ready("/pid")

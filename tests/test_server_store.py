@@ -19,16 +19,13 @@ from pathlib import Path
 
 import pytest
 
-gunicorn_package = pytest.importorskip("gunicorn")
+pytest.importorskip("gunicorn")
 
 from tests.server_apps.traces import events_by_task, markers, read_attempts, starts
 from tests.server_lookups import CLIENTS, Answer, look_up, look_up_all, post, wait_until_done
-from tests.servers import BIN, Server, gone, wait_for
+from tests.servers import BIN, Server, gone, no_control_socket, wait_for
 
 APPS = Path(__file__).parent / "server_apps"
-# Gunicorn 25.1 and later open a control socket that servers started side by
-# side would fight over (see test_server_gunicorn.py).
-NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn_package.version_info >= (25, 1) else []
 #: The longest any test waits for its tasks to end.
 DEADLINE = 30
 
@@ -43,7 +40,7 @@ def gunicorn(*options: str) -> list[str]:
         str(BIN / "gunicorn"),
         "-b",
         "127.0.0.1:{port}",
-        *NO_CONTROL_SOCKET,
+        *no_control_socket(),
         *options,
         "storeapp:create_app()",
     ]
