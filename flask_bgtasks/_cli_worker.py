@@ -1,9 +1,9 @@
 """``flask bgtasks worker``: run the engine's workers (RQ) for the app's pools.
 
 The app is loaded as for any ``flask`` command (``--app``, factories work),
-once; with ``--processes N`` the command forks N workers from it and waits
-for them, passing on SIGTERM and Ctrl-C, so that each finishes its running
-task and exits.
+once; with ``--processes N`` the command forks N workers from it, replaces
+one that dies, and passes on SIGTERM and Ctrl-C, so that each finishes its
+running task and exits.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import typing as t
 
 import click
@@ -99,13 +100,27 @@ def worker_command(
     sys.exit(_supervise(work, processes))
 
 
+#: A worker process that dies sooner than this after it started is not
+#: replaced: it could not start, and would not start again either.
+STARTUP_SECONDS = 1.0
+
+
 def _supervise(work: t.Callable[[], None], processes: int) -> int:
-    """Fork ``processes`` workers, pass SIGTERM and SIGINT on to them, and
-    wait for all; the exit code is the first non-zero one of theirs."""
-    children: list[int] = []
-    for _ in range(processes):
+    """Fork ``processes`` workers and keep that many running: one that dies
+    (killed, or ended by an error) is replaced, unless it died in its first
+    :data:`STARTUP_SECONDS`. SIGTERM and SIGINT are passed on, and from then
+    on none is replaced. Wait for all; the exit code is the first non-zero
+    one of those that were not replaced."""
+    logger = logging.getLogger("flask_bgtasks")
+    children: dict[int, float] = {}  # pid: when it started
+    stopping = False
+
+    def start() -> None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - measured in the child
+            # Not the supervisor's handlers, which would signal the siblings.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             _die_with_parent()
             code = 0
             try:
@@ -113,24 +128,37 @@ def _supervise(work: t.Callable[[], None], processes: int) -> int:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
-                logging.getLogger("flask_bgtasks").exception("The worker failed.")
+                logger.exception("The worker failed.")
                 code = 1
             finally:
                 os._exit(code)
-        children.append(pid)
+        children[pid] = time.monotonic()
 
     def pass_on(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
+    for _ in range(processes):
+        start()
     result = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
+    while children:
+        pid, status = os.wait()
+        lasted = time.monotonic() - children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
-        result = result or (code if code > 0 else 0)
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        if code == 0 or stopping:
+            result = result or max(code, 0)
+        elif lasted < STARTUP_SECONDS:
+            logger.error("Worker process %d %s as it started; not starting another.", pid, how)
+            result = result or max(code, 1)
+        else:
+            logger.warning("Worker process %d %s; starting another.", pid, how)
+            start()
     return result
 
 

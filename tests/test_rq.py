@@ -5,7 +5,9 @@ round trip; what can't work is refused at ``init_app`` or ``submit``."""
 from __future__ import annotations
 
 import importlib
+import re
 import signal
+import subprocess
 import sys
 import time
 import typing as t
@@ -329,6 +331,32 @@ def test_the_worker_command_refuses_an_unknown_pool(engine: t.Any) -> None:
     result = engine.app.test_cli_runner().invoke(args=["bgtasks", "worker", "--pool", "nope"])
     assert result.exit_code == 2
     assert "no pool named 'nope'" in result.output
+
+
+SUPERVISE = """
+import logging, sys
+from flask_bgtasks._cli_worker import _supervise
+logging.basicConfig(format="%(message)s")
+sys.exit(_supervise(lambda: sys.exit(3), 2))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_worker_processes_that_die_as_they_start_are_not_started_again() -> None:
+    """The supervisor of --processes replaces a worker that dies, except one
+    that dies in its first second: that one could not start, and a loop of
+    new ones would not either (the replacement is tested in
+    test_server_rq)."""
+    process = subprocess.run(
+        [sys.executable, "-c", SUPERVISE], capture_output=True, text=True, timeout=20
+    )
+    assert process.returncode == 3, process.stderr
+    lines = process.stderr.splitlines()
+    assert len(lines) == 2, process.stderr
+    for line in lines:
+        assert re.fullmatch(
+            r"Worker process \d+ exited with 3 as it started; not starting another\.", line
+        ), line
 
 
 @pytest.mark.parametrize("store", ["memory", "sqlite"])

@@ -28,6 +28,7 @@ import pytest
 pytest.importorskip("gunicorn")
 pytest.importorskip("rq")
 
+from flask_bgtasks._cli_worker import STARTUP_SECONDS
 from tests.redis_server import RedisServer
 from tests.server_apps.traces import Events, events_by_task, markers, starts
 from tests.server_lookups import CLIENTS, Answer, look_up, look_up_all, post, wait_until_done
@@ -145,6 +146,14 @@ def group_empty(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def process_age(pid: int) -> float:
+    """Seconds since the process started, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    started = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]) / ticks
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - started
 
 
 def started_by(cluster: Cluster, count: int) -> dict[str, int]:
@@ -406,4 +415,37 @@ def test_worker_command_with_two_processes_stops_both(cluster: Cluster) -> None:
         answer = look_up(web, task_id)
         assert (answer["status"], answer["result"]) == ("succeeded", n + 1000), answer
         assert process_of(web, task_id) == f"{HOST}:{running[task_id]}"
+    assert "Traceback" not in command.output, command.output
+
+
+@pytest.mark.timeout(90)
+def test_worker_command_replaces_a_worker_process_that_was_killed(cluster: Cluster) -> None:
+    """kill -9 of one of the --processes workers: the command starts
+    another in its place, which runs tasks; SIGTERM still stops them all."""
+    web = cluster.web(workers=1)
+    command = cluster.worker("--processes", "2", listening=2)
+    victim, survivor = sorted(command.children())
+    # One that dies in its first second is not replaced: it could not start.
+    wait_for(lambda: process_age(victim) > STARTUP_SECONDS + 0.5, 10, f"{victim} to run a while")
+    os.kill(victim, signal.SIGKILL)
+    command.wait_output(f"Worker process {victim} was killed by SIGKILL; starting another.")
+    wait_for(
+        lambda: command.output.count(LISTENING) == 3,
+        30,
+        f"the new worker to listen:\n{command.output}",
+    )
+    workers = command.children()
+    assert survivor in workers and victim not in workers and len(workers) == 2, workers
+
+    ids, _ = post(web, "/jobs?count=2")
+    running = started_by(cluster, 2)  # held by the gate, one per worker
+    assert set(running.values()) == workers, (running, workers)
+    command.signal(signal.SIGTERM)
+    cluster.open_gate()
+    assert exit_code(command) == 0, command.output
+    wait_for(lambda: all(map(gone, workers)), 10, f"the workers {workers} to end")
+    assert group_empty(command.process.pid)
+    for n, task_id in enumerate(ids):
+        answer = look_up(web, task_id)
+        assert (answer["status"], answer["result"]) == ("succeeded", n + 1000), answer
     assert "Traceback" not in command.output, command.output
