@@ -387,6 +387,25 @@ def test_worker_finishes_its_task_on_sigterm(cluster: Cluster) -> None:
     assert "Traceback" not in worker.output + burst.output
 
 
+def finish_held_jobs(
+    cluster: Cluster, web: Server, command: Server, ids: list[str], running: dict[str, int]
+) -> None:
+    """After SIGTERM to a worker command whose workers each hold one of the
+    jobs ``ids`` of ``/jobs?count=2`` at the gate: open it. The command
+    exits with 0 once both jobs ended, leaving no process, and each job
+    succeeded where it started."""
+    workers = set(running.values())
+    cluster.open_gate()
+    assert exit_code(command) == 0, command.output
+    wait_for(lambda: all(map(gone, workers)), 10, f"the workers {workers} to end")
+    assert group_empty(command.process.pid)
+    for n, task_id in enumerate(ids):
+        answer = look_up(web, task_id)
+        assert (answer["status"], answer["result"]) == ("succeeded", n + 1000), answer
+        assert process_of(web, task_id) == f"{HOST}:{running[task_id]}"
+    assert "Traceback" not in command.output, command.output
+
+
 @pytest.mark.timeout(90)
 def test_worker_command_with_two_processes_stops_both(cluster: Cluster) -> None:
     """``--processes 2`` forks two workers from one command; SIGTERM to the
@@ -407,15 +426,7 @@ def test_worker_command_with_two_processes_stops_both(cluster: Cluster) -> None:
         f"both workers to be asked to stop:\n{command.output}",
     )
     assert command.process.poll() is None and command.children() == workers
-    cluster.open_gate()
-    assert exit_code(command) == 0, command.output
-    wait_for(lambda: all(map(gone, workers)), 10, f"the workers {workers} to end")
-    assert group_empty(command.process.pid)
-    for n, task_id in enumerate(ids):
-        answer = look_up(web, task_id)
-        assert (answer["status"], answer["result"]) == ("succeeded", n + 1000), answer
-        assert process_of(web, task_id) == f"{HOST}:{running[task_id]}"
-    assert "Traceback" not in command.output, command.output
+    finish_held_jobs(cluster, web, command, ids, running)
 
 
 @pytest.mark.timeout(90)
@@ -441,11 +452,4 @@ def test_worker_command_replaces_a_worker_process_that_was_killed(cluster: Clust
     running = started_by(cluster, 2)  # held by the gate, one per worker
     assert set(running.values()) == workers, (running, workers)
     command.signal(signal.SIGTERM)
-    cluster.open_gate()
-    assert exit_code(command) == 0, command.output
-    wait_for(lambda: all(map(gone, workers)), 10, f"the workers {workers} to end")
-    assert group_empty(command.process.pid)
-    for n, task_id in enumerate(ids):
-        answer = look_up(web, task_id)
-        assert (answer["status"], answer["result"]) == ("succeeded", n + 1000), answer
-    assert "Traceback" not in command.output, command.output
+    finish_held_jobs(cluster, web, command, ids, running)
