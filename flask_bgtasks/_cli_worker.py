@@ -150,16 +150,27 @@ def _supervise(work: t.Callable[[], None], processes: int) -> int:
         pid, status = os.wait()
         lasted = time.monotonic() - children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
         if code == 0 or stopping:
             result = result or max(code, 0)
         elif lasted < STARTUP_SECONDS:
-            logger.error("Worker process %d %s as it started; not starting another.", pid, how)
+            logger.error(
+                "Worker process %d %s as it started; not starting another.", pid, _ended(code)
+            )
             result = result or max(code, 1)
         else:
-            logger.warning("Worker process %d %s; starting another.", pid, how)
+            logger.warning("Worker process %d %s; starting another.", pid, _ended(code))
             start()
     return result
+
+
+def _ended(code: int) -> str:
+    """How a process ended, from its exit code (negative: the signal)."""
+    if code >= 0:
+        return f"exited with {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"was killed by signal {-code}"
 
 
 def _die_with_parent() -> None:

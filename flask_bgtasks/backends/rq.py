@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
     from .._config import Config, PoolConfig
     from .._message import TaskMessage, TaskSnapshot
     from ..stores import TaskStore
+    from ..stores.redis import RedisStore
 
 logger = logging.getLogger("flask_bgtasks")
 
@@ -118,19 +119,15 @@ class RQBackend(NothingHeldHere):
 
     def send(self, store: TaskStore, snapshot: TaskSnapshot) -> None:
         """Record the task and queue its job in one Redis transaction, so
-        that a lost connection leaves both undone: one round trip."""
-        from ..stores.redis import RedisStore
-
-        if not isinstance(store, RedisStore):
-            raise UsageError(
-                f"BGTASKS_BACKEND = 'rq' keeps its records in the Redis store, not in {store!r}."
-            )
+        that a lost connection leaves both undone: one round trip. The store
+        is the Redis store on the same URL: :meth:`from_config` saw to it."""
+        redis_store = t.cast("RedisStore", store)
         message = snapshot.message
         queue = self._queue(message.pool)
         with unavailable_as(self.url, f"record and queue task {message.name!r}"):
             pipe = self.connection.pipeline(transaction=True)
             pipe.multi()  # before the store's writes, as RQ wants
-            store.add(snapshot, pipe)
+            redis_store.add(snapshot, pipe)
             self._enqueue(queue, message, pipe)
             pipe.execute()
 
